@@ -1,0 +1,194 @@
+"""The frame loop as functions over a batch of independent streams (slots).
+
+``prefill`` fills one slot from its prompt and samples its first code-0. ``decode_frame`` advances every
+slot by one frame: the 15 predictor steps complete the pending frame, the talker consumes it (plus the
+slot's next text vector) and samples the next code-0. ``decode_frame`` has no host synchronisation and
+no Python branching on tensor values; the host only passes ``span`` (how many cache slots attention reads),
+which it knows from its own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .embed import frame_embedding
+from .model.cache import KVCache, causal_mask
+from .model.talker import Talker
+from .sampling import SamplingTensors, process_code0_logits, sample
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Sampling of one code kind. ``do_sample=False`` is greedy; ``top_k=0`` and ``top_p=1`` are off."""
+
+    do_sample: bool = True
+    temperature: float = 0.9
+    top_k: int = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        from .errors import InputError
+
+        if not self.temperature > 0:
+            raise InputError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be >= 0, got {self.top_k}")
+        if not self.repetition_penalty > 0:
+            raise InputError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamParams:
+    """Per-stream generation settings: talker (code 0) and predictor (codes 1..15) sampling and seed."""
+
+    talker: SamplingParams
+    predictor: SamplingParams
+    seed: int
+
+
+class FrameState:
+    """Decode state of ``batch`` slots: talker and predictor caches, positions, last hidden and code-0,
+    the codes seen (for the repetition penalty), pending text vectors and per-slot sampling tensors."""
+
+    def __init__(self, talker: Talker, batch: int, max_len: int, text_cap: int = 64) -> None:
+        t, p = talker.cfg, talker.cfg.code_predictor_config
+        w = talker.codec_head.weight
+        device, dtype = w.device, w.dtype
+        self.groups = t.num_code_groups
+        self.cache = KVCache(t.num_hidden_layers, batch, t.num_key_value_heads, max_len, t.head_dim, device, dtype)
+        self.pred_cache = KVCache(p.num_hidden_layers, batch, p.num_key_value_heads, self.groups, p.head_dim,
+                                  device, dtype)
+        z = dict(device=device)
+        self.positions = torch.zeros(batch, dtype=torch.long, **z)
+        self.steps = torch.zeros(batch, dtype=torch.long, **z)
+        self.active = torch.zeros(batch, dtype=torch.bool, **z)
+        self.hidden = torch.zeros(batch, t.hidden_size, dtype=dtype, **z)
+        self.code0 = torch.zeros(batch, dtype=torch.long, **z)
+        self.seen = torch.zeros(batch, t.vocab_size, dtype=torch.bool, **z)
+        self.text = torch.zeros(batch, text_cap, t.hidden_size, dtype=dtype, **z)
+        self.text_len = torch.zeros(batch, dtype=torch.long, **z)
+        self.pad = torch.zeros(t.hidden_size, dtype=dtype, **z)
+        self.seeds = torch.zeros(batch, dtype=torch.long, **z)
+        self.penalty = torch.ones(batch, **z)
+        self.talker_params = _sampling_tensors(batch, device)
+        self.predictor_params = _sampling_tensors(batch, device)
+
+    @property
+    def batch(self) -> int:
+        return self.positions.shape[0]
+
+    def set_params(self, row: int, params: StreamParams) -> None:
+        """Write one slot's sampling parameters and seed (host values into device tensors)."""
+        for tensors, sp in ((self.talker_params, params.talker), (self.predictor_params, params.predictor)):
+            tensors.do_sample[row] = sp.do_sample
+            tensors.temperature[row] = sp.temperature
+            tensors.top_k[row] = sp.top_k
+            tensors.top_p[row] = sp.top_p
+        self.penalty[row] = params.talker.repetition_penalty
+        self.seeds[row] = params.seed & 0x7FFFFFFFFFFFFFFF
+
+    def set_text(self, row: int, trailing: torch.Tensor) -> None:
+        """Set the text vectors ``[N, H]`` a slot consumes one per decode step."""
+        n = trailing.shape[0]
+        if n > self.text.shape[1]:
+            grown = torch.zeros(self.batch, max(n, 2 * self.text.shape[1]), self.text.shape[2],
+                                dtype=self.text.dtype, device=self.text.device)
+            grown[:, : self.text.shape[1]] = self.text
+            self.text = grown
+        self.text[row, :n] = trailing
+        self.text_len[row] = n
+
+
+def _sampling_tensors(batch: int, device: torch.device) -> SamplingTensors:
+    return SamplingTensors(
+        do_sample=torch.zeros(batch, dtype=torch.bool, device=device),
+        temperature=torch.ones(batch, device=device),
+        top_k=torch.zeros(batch, dtype=torch.long, device=device),
+        top_p=torch.ones(batch, device=device),
+    )
+
+
+def _rows(params: SamplingTensors, rows: slice) -> SamplingTensors:
+    return SamplingTensors(params.do_sample[rows], params.temperature[rows], params.top_k[rows], params.top_p[rows])
+
+
+def _sample_code0(talker: Talker, state: FrameState, hidden: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Process and sample code-0 for ``rows`` from talker ``hidden [b, H]``; returns ``[b]``."""
+    cfg = talker.cfg
+    logits = talker.codec_head(hidden).float()
+    logits = process_code0_logits(logits, state.seen[rows], state.penalty[rows], state.steps[rows],
+                                  cfg.codec_eos_token_id, cfg.codebook_size)
+    return sample(logits, _rows(state.talker_params, rows), state.seeds[rows], state.steps[rows], 0)
+
+
+@torch.no_grad()
+def prefill(talker: Talker, state: FrameState, row: int, prompt: torch.Tensor, trailing: torch.Tensor,
+            params: StreamParams) -> None:
+    """Start slot ``row``: run the talker over ``prompt [P, H]``, sample the first code-0, and set the
+    slot's text vectors ``trailing [N, H]`` and ``params``. Needs ``state.cache.max_len >= P``."""
+    P = prompt.shape[0]
+    state.set_params(row, params)
+    state.set_text(row, trailing)
+    rows = slice(row, row + 1)
+    positions = torch.arange(P, device=prompt.device)[None]
+    hidden = talker(prompt[None], positions, state.cache.rows(rows), causal_mask(positions, P))[:, -1]
+    state.seen[rows] = False
+    state.steps[rows] = 0
+    code0 = _sample_code0(talker, state, hidden, rows)
+    state.hidden[rows] = hidden
+    state.code0[rows] = code0
+    state.seen[rows] = state.seen[rows].scatter(1, code0[:, None], True)
+    state.steps[rows] = 1
+    state.positions[rows] = P
+    state.active[rows] = True
+
+
+def predict_groups(talker: Talker, state: FrameState) -> torch.Tensor:
+    """Complete every slot's pending frame: codes ``[B, G]`` (group 0 = the pending code-0)."""
+    pred = talker.code_predictor
+    caches = state.pred_cache.layers
+    B, G = state.batch, state.groups
+    x = torch.stack([state.hidden, talker.embed_codec(state.code0)], dim=1)  # [B, 2, H]
+    positions = torch.arange(2, device=x.device).expand(B, 2)
+    h = pred(x, positions, caches, causal_mask(positions, 2))[:, -1]
+    codes = [state.code0]
+    for g in range(1, G):
+        if g > 1:
+            positions = torch.full((B, 1), g, device=x.device, dtype=torch.long)
+            h = pred(pred.embed_group(g - 1, codes[-1])[:, None], positions, caches,
+                     causal_mask(positions, g + 1))[:, -1]
+        logits = pred.logits(g, h).float()
+        codes.append(sample(logits, state.predictor_params, state.seeds, state.steps, g))
+    return torch.stack(codes, dim=1)
+
+
+def next_text(state: FrameState) -> torch.Tensor:
+    """Each slot's text vector for this decode step ``[B, H]``: its next pending text vector or ``tts_pad``."""
+    k = state.steps - 1
+    idx = k.clamp(min=0, max=state.text.shape[1] - 1)
+    vec = state.text[torch.arange(state.batch, device=k.device), idx]
+    return torch.where((k < state.text_len)[:, None], vec, state.pad)
+
+
+@torch.no_grad()
+def decode_frame(talker: Talker, state: FrameState, span: int) -> torch.Tensor:
+    """Advance all slots one frame. Returns the completed frames' codes ``[B, G]``; afterwards
+    ``state.code0`` holds each slot's next code-0 (EOS ends a stream). ``span`` must exceed every active
+    slot's position. Inactive slots are computed but do not advance."""
+    codes = predict_groups(talker, state)
+    x = (frame_embedding(talker, codes) + next_text(state))[:, None]
+    positions = state.positions[:, None]
+    hidden = talker(x, positions, state.cache.layers, causal_mask(positions, span))[:, -1]
+    code0 = _sample_code0(talker, state, hidden, slice(None))
+    state.hidden.copy_(hidden)
+    state.code0.copy_(code0)
+    state.seen.scatter_(1, code0[:, None], state.active[:, None])
+    step = state.active.long()
+    state.steps.add_(step)
+    state.positions.add_(step)
+    return codes

@@ -1,0 +1,141 @@
+"""Qwen3 transformer building blocks shared by the talker and the code predictor.
+
+Pure math: no sampling, no loops over frames, no I/O. Positions and caches are explicit arguments.
+Parameter names follow the official checkpoints (``self_attn.q_proj``, ``mlp.gate_proj``, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import LayerCache
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32, scaled by ``weight`` after casting back."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+class Rotary(nn.Module):
+    """NeoX-style ("rotate half") rotary embedding. ``cos_sin(positions [B, S])`` -> two ``[B, 1, S, D]``.
+
+    The talker's multimodal RoPE with identical t/h/w position rows (always the case for text-like
+    positions) is mathematically this plain 1-D RoPE.
+    """
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[..., None] * self.inv_freq.float()  # [B, S, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [B, H, S, D]`` by ``cos``/``sin`` ``[B, 1, S, D]``."""
+    return x * cos + _rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with per-head QK RMSNorm (before RoPE) and a static KV cache."""
+
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, eps: float) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
+        self.q_norm = RMSNorm(head_dim, eps)
+        self.k_norm = RMSNorm(head_dim, eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: LayerCache,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """``x [B, S, hidden]``, ``positions [B, S]`` (cache slots to write), ``mask [B, 1, S, K]`` bool
+        (True = may attend) over the first K cache slots. Returns ``[B, S, hidden]``."""
+        B, S, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, S, self.heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(B, S, self.kv_heads, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = rope
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        keys, values = cache.write(positions, k, v, mask.shape[-1])
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, self.heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm Qwen3 decoder layer."""
+
+    def __init__(self, hidden: int, intermediate: int, heads: int, kv_heads: int, head_dim: int,
+                 eps: float) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(hidden, eps)
+        self.self_attn = Attention(hidden, heads, kv_heads, head_dim, eps)
+        self.post_attention_layernorm = RMSNorm(hidden, eps)
+        self.mlp = MLP(hidden, intermediate)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: LayerCache,
+                positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache, positions, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """A stack of ``Block`` s with a final norm: the ``model`` submodule of the talker and predictor."""
+
+    def __init__(self, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
+                 head_dim: int, eps: float, theta: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            Block(hidden, intermediate, heads, kv_heads, head_dim, eps) for _ in range(layers)
+        )
+        self.norm = RMSNorm(hidden, eps)
+        self.rotary = Rotary(head_dim, theta)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, caches: list[LayerCache],
+                mask: torch.Tensor) -> torch.Tensor:
+        """``x [B, S, hidden]`` at ``positions [B, S]`` -> final-normed hidden ``[B, S, hidden]``."""
+        rope = self.rotary.cos_sin(positions, x.dtype)
+        for layer, cache in zip(self.layers, caches, strict=True):
+            x = layer(x, rope, cache, positions, mask)
+        return self.norm(x)

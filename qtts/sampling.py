@@ -1,0 +1,103 @@
+"""Sampling as pure, batched, sync-free tensor functions; parameters arrive as per-row tensors.
+
+Randomness is counter-based: the noise for row ``r`` at step ``s`` and code group ``g`` is a hash of
+``(seed_r, s, g, token)``. A stream therefore produces the same codes whether it runs alone or in a batch,
+on any device, and no generator state needs to be carried or synchronised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``(x * c) mod 2**32`` for ``0 <= x < 2**32`` without int64 overflow."""
+    hi, lo = c >> 16, c & 0xFFFF
+    return ((((x * hi) & 0xFFFF) << 16) + x * lo) & _M32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply) on int64 tensors holding values in ``[0, 2**32)``."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, group: int, vocab: int) -> torch.Tensor:
+    """Uniform noise in (0, 1), ``[B, vocab]`` float32, a pure function of (seed, step, group, token)."""
+    s = _mix32((seeds & _M32) ^ _mix32((seeds >> 32) & _M32))
+    s = _mix32(s ^ _mix32((steps & _M32) + 0x9E3779B9 * (group + 1) & _M32))
+    tokens = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
+    h = _mix32(s[:, None] ^ _mix32(tokens)[None, :])
+    return ((h >> 8).float() + 0.5) / float(1 << 24)
+
+
+@dataclasses.dataclass
+class SamplingTensors:
+    """Per-row sampling parameters of one code group kind, ``[B]`` each."""
+
+    do_sample: torch.Tensor  # bool
+    temperature: torch.Tensor  # float, > 0
+    top_k: torch.Tensor  # long, 0 = off
+    top_p: torch.Tensor  # float in (0, 1]
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Set logits outside each row's top-k / nucleus (top-p) to -inf. ``logits [B, V]``.
+
+    Ties at the k-th value are kept; the most likely token is always kept.
+    """
+    V = logits.shape[-1]
+    sorted_logits, _ = logits.sort(dim=-1, descending=True)
+    k = torch.where((top_k <= 0) | (top_k > V), V, top_k).clamp(min=1)
+    kth = sorted_logits.gather(1, (k - 1)[:, None])
+    logits = logits.masked_fill(logits < kth, float("-inf"))
+    # Nucleus: keep tokens whose exclusive cumulative probability (in descending order) is < top_p.
+    sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
+    probs = sorted_logits.softmax(dim=-1)
+    exclusive = probs.cumsum(dim=-1) - probs
+    keep_sorted = (exclusive < top_p[:, None]) | (top_p[:, None] >= 1.0)
+    keep_sorted[:, 0] = True
+    # The smallest kept logit in sorted order is the threshold for the row.
+    threshold = sorted_logits.masked_fill(~keep_sorted, float("inf")).amin(dim=-1, keepdim=True)
+    return logits.masked_fill(logits < threshold, float("-inf"))
+
+
+def sample(logits: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, steps: torch.Tensor,
+           group: int) -> torch.Tensor:
+    """Pick one token per row from processed ``logits [B, V]`` (float32): argmax where ``do_sample`` is
+    False, otherwise temperature -> top-k -> top-p -> categorical draw (exponential race). Returns ``[B]``."""
+    greedy = logits.argmax(dim=-1)
+    scaled = logits / params.temperature[:, None]
+    filtered = filter_top_k_top_p(scaled, params.top_k, params.top_p)
+    probs = filtered.softmax(dim=-1)
+    race = probs / -torch.log(uniform_noise(seeds, steps, group, logits.shape[-1]))
+    drawn = race.argmax(dim=-1)
+    return torch.where(params.do_sample, drawn, greedy)
+
+
+def process_code0_logits(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor,
+                         steps: torch.Tensor, eos_id: int, codebook_size: int, min_steps: int = 2
+                         ) -> torch.Tensor:
+    """The talker's logit rules, in the official order. ``logits [B, V]`` float32, ``seen [B, V]`` bool
+    (codes generated so far by the row), ``penalty [B]``, ``steps [B]`` (codes generated so far).
+
+    1. repetition penalty on previously generated codes (divide positive, multiply negative logits);
+    2. suppress every control id (``>= codebook_size``) except EOS;
+    3. forbid EOS while fewer than ``min_steps`` codes were generated.
+    """
+    p = penalty[:, None]
+    penalised = torch.where(logits < 0, logits * p, logits / p)
+    logits = torch.where(seen, penalised, logits)
+    V = logits.shape[-1]
+    ids = torch.arange(V, device=logits.device)
+    suppressed = (ids >= codebook_size) & (ids != eos_id)
+    logits = logits.masked_fill(suppressed[None, :], float("-inf"))
+    eos_banned = (steps < min_steps)[:, None] & (ids == eos_id)[None, :]
+    return logits.masked_fill(eos_banned, float("-inf"))
