@@ -1,0 +1,264 @@
+"""The public library API: ``TTS.from_pretrained(...)``, ``synthesize``, ``synthesize_batch``.
+
+``TTS`` ties the pieces together: checkpoint loading (``weights``), prompts (``prompt`` / ``embed``), the
+frame loop (``loop``) and the codec. It keeps no per-request state, so one instance serves many requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .codec.tokenizer import SpeechTokenizer
+from .config import GenerationConfig, ModelConfig, SpeechTokenizerConfig, read_json
+from .embed import embed_plan
+from .errors import CheckpointError, InputError, UnsupportedModeError
+from .loop import StreamInput, generate_codes
+from .model.tts import TTSModel
+from .prompt import PromptBuilder, PromptPlan, VoiceSpec, check_mode
+from .request import Sampling, frame_budget
+from .text import TextTokenizer
+from .voices import Clone, ClonePrompt, Design, Speaker, Voice
+from .weights import build_and_load, read_safetensors, resolve_checkpoint
+
+DEFAULT_SPEAKER = "vivian"
+
+
+@dataclasses.dataclass(frozen=True)
+class Synthesis:
+    """Result of one synthesis: ``audio [N]`` float32 in [-1, 1] at ``sample_rate``, the generated
+    ``codes [T, 16]`` (int64), and ``finish_reason`` (``stop``: the model ended; ``length``: frame budget)."""
+
+    audio: np.ndarray
+    sample_rate: int
+    codes: torch.Tensor
+    finish_reason: str
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A request turned into model inputs: plan, stream input, and reference codes (ICL clones)."""
+
+    plan: PromptPlan
+    stream: StreamInput
+    ref_codes: torch.Tensor | None
+
+
+def _default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class TTS:
+    """A loaded Qwen3-TTS 12 Hz checkpoint (any kind: base, custom_voice, voice_design)."""
+
+    def __init__(self, cfg: ModelConfig, generation: GenerationConfig, tokenizer: TextTokenizer,
+                 model: TTSModel, codec: SpeechTokenizer) -> None:
+        self.cfg, self.generation, self.model, self.codec = cfg, generation, model, codec
+        self.prompts = PromptBuilder(cfg, tokenizer)
+        self.device = model.talker.codec_head.weight.device
+        self.dtype = model.talker.codec_head.weight.dtype
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,
+                        dtype: torch.dtype | str | None = None) -> TTS:
+        """Load a checkpoint folder or Hugging Face repo id. Defaults: CUDA if available (bfloat16), else
+        CPU (float32)."""
+        folder = resolve_checkpoint(path_or_id)
+        dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        if isinstance(dtype, str):
+            dtype = _parse_dtype(dtype)
+        dtype = dtype or _default_dtype(dev)
+        cfg = ModelConfig.from_dict(read_json(folder / "config.json"), str(folder / "config.json"))
+        gen_path = folder / "generation_config.json"
+        generation = GenerationConfig.from_dict(read_json(gen_path), str(gen_path)) if gen_path.is_file() \
+            else GenerationConfig()
+        tokenizer = TextTokenizer.from_dir(folder)
+        tensors, _ = read_safetensors(folder)
+        model = build_and_load(lambda: TTSModel(cfg), tensors, str(folder / "model.safetensors"), dtype, dev)
+        del tensors
+        st = folder / "speech_tokenizer"
+        if not st.is_dir():
+            raise CheckpointError(f"{folder}: the speech_tokenizer/ folder is missing")
+        codec_cfg = SpeechTokenizerConfig.from_dict(read_json(st / "config.json"), str(st / "config.json"))
+        codec_tensors, _ = read_safetensors(st)
+        codec = build_and_load(lambda: SpeechTokenizer(codec_cfg), codec_tensors, str(st / "model.safetensors"),
+                               dtype, dev)
+        return cls(cfg, generation, tokenizer, model, codec)
+
+    @property
+    def kind(self) -> str:
+        """``base`` (voice clone), ``custom_voice`` (preset speakers) or ``voice_design``."""
+        return self.cfg.tts_model_type
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.cfg.output_sample_rate
+
+    @property
+    def speakers(self) -> list[str]:
+        return self.prompts.speakers
+
+    @property
+    def languages(self) -> list[str]:
+        return self.prompts.languages
+
+    # ---- voices -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def create_clone_prompt(self, ref_audio: str | Path | tuple[np.ndarray, int], ref_text: str | None = None,
+                            x_vector_only: bool = False) -> ClonePrompt:
+        """Encode reference audio once into a reusable ``ClonePrompt`` (Base checkpoints only)."""
+        from .audio import prepare_reference
+
+        if self.model.speaker_encoder is None:
+            raise UnsupportedModeError(f"voice cloning needs a Base checkpoint; this one is {self.kind!r}")
+        if not x_vector_only:
+            self.prompts.text_ids(ref_text or "", "reference text")
+        wav = prepare_reference(ref_audio, self.codec.cfg.input_sample_rate)
+        x = torch.from_numpy(wav)[None].to(self.device)
+        embedding = self.model.speaker_encoder.embed(x)[0].float().cpu()
+        codes = None if x_vector_only else self.codec.encode(x.to(self.dtype))[0].T.cpu()
+        return ClonePrompt(embedding, codes, None if x_vector_only else ref_text.strip())
+
+    def _voice_spec(self, voice: Voice | None, instruct: str | None
+                    ) -> tuple[VoiceSpec, torch.Tensor | None, torch.Tensor | None]:
+        """VoiceSpec, speaker vector and reference codes for ``voice``."""
+        if voice is None:
+            if self.kind == "custom_voice":
+                voice = Speaker(DEFAULT_SPEAKER if DEFAULT_SPEAKER in self.speakers else self.speakers[0])
+            elif self.kind == "voice_design" and instruct:
+                voice, instruct = Design(instruct), None
+            else:
+                what = "voice=Clone(ref_audio, ref_text)" if self.kind == "base" else "voice=Design(description)"
+                raise InputError(f"this {self.kind} checkpoint needs a voice: {what}")
+        if isinstance(voice, Speaker):
+            ins = instruct if instruct is not None else voice.instruct
+            if ins and self.cfg.tts_model_size in "0b6":
+                warnings.warn("0.6B CustomVoice checkpoints ignore instructions (as the official package does)",
+                              stacklevel=3)
+                ins = None
+            spec = VoiceSpec(speaker=voice.name, instruct=ins or None)
+            check_mode(self.cfg, spec)
+            return spec, None, None
+        if isinstance(voice, Design):
+            if not isinstance(voice.description, str) or not voice.description.strip():
+                raise InputError("Design needs a non-empty voice description")
+            spec = VoiceSpec(instruct=voice.description)
+            check_mode(self.cfg, spec)
+            return spec, None, None
+        if isinstance(voice, Clone):
+            if self.kind != "base":
+                raise UnsupportedModeError(f"voice cloning needs a Base checkpoint; this one is {self.kind!r}")
+            if instruct:
+                raise UnsupportedModeError("Base checkpoints take no instruction; use CustomVoice or VoiceDesign")
+            prompt = voice.prompt or self.create_clone_prompt(voice.ref_audio, voice.ref_text, voice.x_vector_only)
+            if prompt.speaker_embedding.shape != (self.cfg.talker.hidden_size,):
+                raise InputError(f"clone prompt embedding has shape {tuple(prompt.speaker_embedding.shape)}, "
+                                 f"this checkpoint needs ({self.cfg.talker.hidden_size},)")
+            frames = 0 if prompt.ref_codes is None else prompt.ref_codes.shape[0]
+            spec = VoiceSpec(speaker_vector=True, ref_text=prompt.ref_text, ref_frames=frames)
+            return spec, prompt.speaker_embedding, prompt.ref_codes
+        raise InputError(f"voice must be Speaker, Design or Clone, got {type(voice).__name__}")
+
+    # ---- synthesis --------------------------------------------------------------------------------
+
+    def prepare(self, text: str, voice: Voice | None = None, language: str = "auto", instruct: str | None = None,
+                seed: int | None = None, options: SynthesisOptions | None = None) -> Prepared:
+        """Validate a request and build its model inputs (prompt vectors, text vectors, sampling)."""
+        opts = options or SynthesisOptions()
+        spec, speaker_vector, ref_codes = self._voice_spec(voice, instruct)
+        non_streaming = opts.non_streaming_mode
+        if non_streaming is None:
+            non_streaming = not spec.speaker_vector  # official defaults: clone False, others True
+        plan = self.prompts.build(text, language, spec, non_streaming)
+        params = (opts.sampling or Sampling()).resolve(self.generation, seed)
+        budget = opts.max_new_tokens
+        if budget is None:
+            budget = frame_budget(len(self.prompts.text_ids(text)), self.generation.max_new_tokens)
+        elif not isinstance(budget, int) or budget < 1:
+            raise InputError(f"max_new_tokens must be a positive integer, got {budget!r}")
+        prompt, trailing = embed_plan(self.model.talker, plan, speaker_vector, ref_codes)
+        return Prepared(plan, StreamInput(prompt, trailing, params, budget), ref_codes)
+
+    def tts_pad(self) -> torch.Tensor:
+        """The text-track vector fed once the text is exhausted, ``[H]``."""
+        with torch.no_grad():
+            ids = torch.tensor([self.cfg.tts_pad_token_id], device=self.device)
+            return self.model.talker.embed_text(ids)[0]
+
+    def synthesize(self, text: str, voice: Voice | None = None, language: str = "auto", instruct: str | None = None,
+                   seed: int | None = None, options: SynthesisOptions | None = None) -> Synthesis:
+        """Synthesize ``text`` with ``voice`` (``Speaker`` / ``Design`` / ``Clone``; CustomVoice defaults to
+        ``vivian``). ``language``: ``auto`` or a name from ``languages``. ``seed`` fixes the sampling."""
+        return self.synthesize_batch([text], voice, language, instruct, seed, options)[0]
+
+    def synthesize_batch(self, texts: Sequence[str], voice: Voice | Sequence[Voice] | None = None,
+                         language: str | Sequence[str] = "auto", instruct: str | None = None,
+                         seed: int | Sequence[int] | None = None, options: SynthesisOptions | None = None,
+                         ) -> list[Synthesis]:
+        """Synthesize several texts as one batch (same results as one at a time for the same seeds).
+        Scalars are broadcast; ``seed`` as an int gives stream ``i`` the seed ``seed + i``."""
+        if isinstance(texts, str) or not texts:
+            raise InputError("texts must be a non-empty list of strings")
+        n = len(texts)
+        voices = _broadcast(voice, n, "voice", (Speaker, Design, Clone, type(None)))
+        languages = _broadcast(language, n, "language", (str,))
+        seeds = [seed + i for i in range(n)] if isinstance(seed, int) else _broadcast(seed, n, "seed", (int, type(None)))
+        prepared = [self.prepare(t, v, lang, instruct, s, options)
+                    for t, v, lang, s in zip(texts, voices, languages, seeds, strict=True)]
+        on_frame = options.on_frame if options else None
+        outs = generate_codes(self.model.talker, [p.stream for p in prepared], self.tts_pad(), on_frame)
+        return [Synthesis(self.decode(o.codes, p.ref_codes), self.sample_rate, o.codes, o.finish_reason)
+                for o, p in zip(outs, prepared, strict=True)]
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, ref_codes: torch.Tensor | None = None) -> np.ndarray:
+        """Codes ``[T, 16]`` -> float32 audio ``[1920 * T]``. With ``ref_codes [T_ref, 16]`` (ICL clone) the
+        reference frames are decoded first as context and their audio dropped."""
+        n_ref = 0 if ref_codes is None else ref_codes.shape[0]
+        if codes.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        full = codes if ref_codes is None else torch.cat([ref_codes.to(codes.device), codes])
+        pcm = self.codec.decode(full.T[None].to(self.device))[0, 0]
+        return pcm[n_ref * self.codec.samples_per_frame:].float().cpu().numpy()
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesisOptions:
+    """Less common synthesis options.
+
+    ``sampling``: overrides of the checkpoint's sampling defaults (``Sampling.greedy()`` for determinism);
+    ``max_new_tokens``: frame budget (default: ``request.frame_budget`` of the text length);
+    ``non_streaming_mode``: text layout (default: True for CustomVoice/VoiceDesign, False for clones, as the
+    official package); ``on_frame``: progress callback, called with the stream index per generated frame.
+    """
+
+    sampling: Sampling | None = None
+    max_new_tokens: int | None = None
+    non_streaming_mode: bool | None = None
+    on_frame: Callable[[int], None] | None = None
+
+
+def _broadcast(value: object, n: int, name: str, types: tuple[type, ...]) -> list:
+    if isinstance(value, types):
+        return [value] * n
+    if isinstance(value, (list, tuple)) and len(value) == n and all(isinstance(v, types) for v in value):
+        return list(value)
+    raise InputError(f"{name} must be one value or a list of {n} values")
+
+
+def _parse_dtype(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise InputError(f"unknown dtype {name!r}; valid: {', '.join(table)}")
+    return table[name]

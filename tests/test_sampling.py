@@ -1,0 +1,82 @@
+"""Sampling rules: the official logit processing order, filters, greedy, seeded and batch-invariant noise."""
+
+from __future__ import annotations
+
+import torch
+
+from qtts.sampling import SamplingTensors, filter_top_k_top_p, process_code0_logits, sample, uniform_noise
+
+EOS, CODEBOOK, V = 2150, 2048, 3072
+
+
+def _params(B: int, do_sample=True, temperature=1.0, top_k=0, top_p=1.0) -> SamplingTensors:
+    return SamplingTensors(torch.full((B,), do_sample), torch.full((B,), float(temperature)),
+                           torch.full((B,), top_k), torch.full((B,), float(top_p)))
+
+
+def test_control_ids_suppressed_except_eos():
+    logits = torch.zeros(1, V)
+    out = process_code0_logits(logits, torch.zeros(1, V, dtype=torch.bool), torch.ones(1), torch.tensor([5]),
+                               EOS, CODEBOOK)
+    assert torch.isinf(out[0, CODEBOOK:]).sum() == V - CODEBOOK - 1
+    assert out[0, EOS] == 0 and torch.isfinite(out[0, :CODEBOOK]).all()
+
+
+def test_eos_banned_for_first_two_steps():
+    logits = torch.zeros(3, V)
+    logits[:, EOS] = 100.0
+    out = process_code0_logits(logits, torch.zeros(3, V, dtype=torch.bool), torch.ones(3),
+                               torch.tensor([0, 1, 2]), EOS, CODEBOOK)
+    assert out[0, EOS] == float("-inf") and out[1, EOS] == float("-inf") and out[2, EOS] == 100.0
+
+
+def test_repetition_penalty_only_on_seen_codes():
+    logits = torch.tensor([[2.0, -2.0, 2.0, -2.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    out = process_code0_logits(logits, seen, torch.tensor([2.0]), torch.tensor([3]), eos_id=3, codebook_size=4)
+    assert out.tolist() == [[1.0, -4.0, 2.0, -2.0]]
+
+
+def test_top_k_and_top_p():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).repeat(3, 1)
+    out = filter_top_k_top_p(logits, torch.tensor([2, 0, 0]), torch.tensor([1.0, 1.0, 0.7]))
+    assert torch.isfinite(out[0]).tolist() == [True, True, False, False, False]
+    assert torch.isfinite(out[1]).all()
+    probs = logits[2].softmax(-1)
+    assert probs[0] < 0.7 < probs[:2].sum()  # nucleus of 0.7 needs exactly the top two
+    assert torch.isfinite(out[2]).tolist() == [True, True, False, False, False]
+
+
+def test_greedy_is_argmax_and_sampling_follows_distribution():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    steps, seeds = torch.zeros(4, dtype=torch.long), torch.arange(4)
+    assert torch.equal(sample(logits, _params(4, do_sample=False), seeds, steps, 0), logits.argmax(-1))
+    # Empirical frequencies over many seeds approach the softmax distribution.
+    row = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    n = 4000
+    draws = sample(row.repeat(n, 1), _params(n), torch.arange(n), torch.zeros(n, dtype=torch.long), 0)
+    freq = torch.bincount(draws, minlength=4).float() / n
+    assert (freq - row[0].softmax(-1)).abs().max() < 0.03
+
+
+def test_noise_is_a_pure_function_of_seed_step_group():
+    seeds = torch.tensor([1, 2, 3, 1])
+    steps = torch.tensor([0, 0, 0, 0])
+    a = uniform_noise(seeds, steps, 0, 100)
+    assert torch.equal(a[0], a[3]) and not torch.equal(a[0], a[1])
+    assert torch.equal(uniform_noise(seeds[1:2], steps[1:2], 0, 100)[0], a[1])  # batch-invariant
+    assert not torch.equal(uniform_noise(seeds, steps, 1, 100), a)
+    assert not torch.equal(uniform_noise(seeds, steps + 1, 0, 100), a)
+    assert a.min() > 0 and a.max() < 1 and abs(a.mean().item() - 0.5) < 0.05
+
+
+def test_sampling_reproducible_and_batch_invariant():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2048)
+    params = _params(3, temperature=0.9, top_k=50)
+    seeds, steps = torch.tensor([11, 22, 33]), torch.tensor([4, 5, 6])
+    batched = sample(logits, params, seeds, steps, 3)
+    single = torch.cat([sample(logits[i:i + 1], _params(1, temperature=0.9, top_k=50), seeds[i:i + 1],
+                               steps[i:i + 1], 3) for i in range(3)])
+    assert torch.equal(batched, single)
