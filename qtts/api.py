@@ -212,7 +212,10 @@ class TTS:
         n = len(texts)
         voices = _broadcast(voice, n, "voice", (Speaker, Design, Clone, type(None)))
         languages = _broadcast(language, n, "language", (str,))
-        seeds = [seed + i for i in range(n)] if isinstance(seed, int) else _broadcast(seed, n, "seed", (int, type(None)))
+        if isinstance(seed, int):
+            seeds = [seed + i for i in range(n)]
+        else:
+            seeds = _broadcast(seed, n, "seed", (int, type(None)))
         prepared = [self.prepare(t, v, lang, instruct, s, options)
                     for t, v, lang, s in zip(texts, voices, languages, seeds, strict=True)]
         on_frame = options.on_frame if options else None

@@ -91,9 +91,9 @@ def cmd_speak(args: argparse.Namespace) -> int:
     progress.close()
     elapsed = time.perf_counter() - start
     _atomic_write_wav(Path(args.output), result.audio, result.sample_rate)
+    speed = result.duration / max(elapsed, 1e-9)
     print(f"wrote {args.output}: {result.duration:.2f} s of audio, {len(result.codes)} frames, "
-          f"finish={result.finish_reason}, {elapsed:.2f} s wall ({result.duration / max(elapsed, 1e-9):.2f}x real time)",
-          file=sys.stderr)
+          f"finish={result.finish_reason}, {elapsed:.2f} s wall ({speed:.2f}x real time)", file=sys.stderr)
     return 0
 
 
