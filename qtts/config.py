@@ -12,7 +12,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_origin, get_type_hints
 
 from .errors import CheckpointError
 
@@ -35,16 +35,30 @@ def _parse(cls: type[T], raw: Mapping[str, Any], where: str, **overrides: Any) -
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
                 continue
             raise CheckpointError(f"{where}: required key '{f.name}' is missing")
-        value = raw[f.name]
-        hint = str(hints[f.name])
-        if hint.startswith("tuple") and isinstance(value, list):
-            value = tuple(value)
-        elif hint == "float" and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif hint == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-            raise CheckpointError(f"{where}: key '{f.name}' must be an integer, got {value!r}")
-        values[f.name] = value
+        values[f.name] = _coerce(raw[f.name], hints[f.name], f"{where}: key '{f.name}'")
     return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, what: str) -> Any:
+    """Check/convert a JSON value against a field type (int, float, bool, str, tuple[int, ...], dict)."""
+    origin = get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
+            raise CheckpointError(f"{what} must be a list of integers, got {value!r}")
+        return tuple(value)
+    if hint is bool and not isinstance(value, bool):
+        raise CheckpointError(f"{what} must be true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise CheckpointError(f"{what} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CheckpointError(f"{what} must be a number, got {value!r}")
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise CheckpointError(f"{what} must be a string, got {value!r}")
+    if origin is dict and not isinstance(value, dict):
+        raise CheckpointError(f"{what} must be an object, got {value!r}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
