@@ -22,6 +22,7 @@ def _atomic_write_wav(path: Path, audio, sample_rate: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".wav", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)
     try:
         sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV")
         os.replace(tmp, path)

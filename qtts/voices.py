@@ -64,6 +64,7 @@ class ClonePrompt:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
+        os.chmod(tmp, 0o644)
         try:
             save_file(tensors, tmp, metadata=meta)
             os.replace(tmp, path)
