@@ -25,6 +25,25 @@ from tests.reference import _install_stubs  # noqa: E402
 TEXT = "Hello world, this is a parity test at the real shape."
 
 
+REF_TEXT = "Good morning to all of you."
+
+
+def _case(kind: str, ref):
+    if kind == "custom_voice":
+        return "speaker ryan, english", Speaker("ryan")
+    if kind == "voice_design":
+        return "design, english", Design("A calm voice.")
+    return "ICL clone, english", Clone(ref, REF_TEXT)
+
+
+def _run_official(theirs, kind: str, ref, common: dict):
+    if kind == "custom_voice":
+        return theirs.generate_custom_voice(text=TEXT, speaker="ryan", language="english", **common)
+    if kind == "voice_design":
+        return theirs.generate_voice_design(text=TEXT, instruct="A calm voice.", language="english", **common)
+    return theirs.generate_voice_clone(text=TEXT, language="english", ref_audio=ref, ref_text=REF_TEXT, **common)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="0.6b")
@@ -47,36 +66,25 @@ def main() -> None:
         captured = {}
         original = theirs.model.generate
 
-        def spy(*a, _orig=original, **k):
+        def spy(*a, _orig=original, _captured=captured, **k):
             codes, hidden = _orig(*a, **k)
-            captured["codes"] = codes[0]
+            _captured["codes"] = codes[0]
             return codes, hidden
 
         theirs.model.generate = spy
         opts = SynthesisOptions(sampling=Sampling.greedy(), max_new_tokens=args.frames)
         common = {"do_sample": False, "subtalker_dosample": False, "max_new_tokens": args.frames}
-        if kind == "custom_voice":
-            cases = [("speaker ryan, english", Speaker("ryan"), "english",
-                      lambda: theirs.generate_custom_voice(text=TEXT, speaker="ryan", language="english", **common))]
-        elif kind == "voice_design":
-            cases = [("design, english", Design("A calm voice."), "english",
-                      lambda: theirs.generate_voice_design(text=TEXT, instruct="A calm voice.", language="english",
-                                                           **common))]
-        else:
-            cases = [("ICL clone, english", Clone(ref, "Good morning to all of you."), "english",
-                      lambda: theirs.generate_voice_clone(text=TEXT, language="english", ref_audio=ref,
-                                                          ref_text="Good morning to all of you.", **common))]
-        for name, voice, lang, run_ref in cases:
-            t0 = time.perf_counter()
-            r = ours.synthesize(TEXT, voice=voice, language=lang, options=opts)
-            t1 = time.perf_counter()
-            wavs, _ = run_ref()
-            t2 = time.perf_counter()
-            same = r.codes.shape == captured["codes"].shape and torch.equal(r.codes, captured["codes"].cpu())
-            n = min(len(r.audio), len(wavs[0]))
-            diff = float(np.abs(r.audio[:n] - wavs[0][:n]).max())
-            print(f"{args.shape} {kind} {name}: frames {len(r.codes)}, codes identical: {same}, "
-                  f"max |audio diff| {diff:.2e}, ours {t1 - t0:.1f} s, official {t2 - t1:.1f} s", flush=True)
+        name, voice = _case(kind, ref)
+        t0 = time.perf_counter()
+        r = ours.synthesize(TEXT, voice=voice, language="english", options=opts)
+        t1 = time.perf_counter()
+        wavs, _ = _run_official(theirs, kind, ref, common)
+        t2 = time.perf_counter()
+        same = r.codes.shape == captured["codes"].shape and torch.equal(r.codes, captured["codes"].cpu())
+        n = min(len(r.audio), len(wavs[0]))
+        diff = float(np.abs(r.audio[:n] - wavs[0][:n]).max())
+        print(f"{args.shape} {kind} {name}: frames {len(r.codes)}, codes identical: {same}, "
+              f"max |audio diff| {diff:.2e}, ours {t1 - t0:.1f} s, official {t2 - t1:.1f} s", flush=True)
         del ours, theirs
 
 
