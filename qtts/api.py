@@ -7,8 +7,9 @@ frame loop (``loop``) and the codec. It keeps no per-request state, so one insta
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from .loop import StreamInput, generate_codes
 from .model.tts import TTSModel
 from .prompt import PromptBuilder, PromptPlan, VoiceSpec, check_mode
 from .request import Sampling, frame_budget
+from .stream import AudioChunk, ChunkPolicy
 from .text import TextTokenizer
 from .voices import Clone, ClonePrompt, Design, Speaker, Voice
 from .weights import build_and_load, read_safetensors, resolve_checkpoint
@@ -223,6 +225,18 @@ class TTS:
         return [Synthesis(self.decode(o.codes, p.ref_codes), self.sample_rate, o.codes, o.finish_reason)
                 for o, p in zip(outs, prepared, strict=True)]
 
+    def stream(self, text: str, voice: Voice | None = None, language: str = "auto", instruct: str | None = None,
+               seed: int | None = None, options: SynthesisOptions | None = None) -> Iterator[AudioChunk]:
+        """Like ``synthesize`` but yields ``AudioChunk`` s as frames are generated (first after one frame,
+        then 2, 4, 8, ... frames; see ``SynthesisOptions.chunks``). Joined chunks equal ``synthesize``'s audio
+        for the same seed. Closing the iterator cancels generation."""
+        from .stream import stream_prepared
+
+        started = time.perf_counter()
+        prepared = self.prepare(text, voice, language, instruct, seed, options)
+        opts = options or SynthesisOptions()
+        return stream_prepared(self, prepared, opts.chunks, started, opts.on_frame)
+
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, ref_codes: torch.Tensor | None = None) -> np.ndarray:
         """Codes ``[T, 16]`` -> float32 audio ``[1920 * T]``. With ``ref_codes [T_ref, 16]`` (ICL clone) the
@@ -242,13 +256,15 @@ class SynthesisOptions:
     ``sampling``: overrides of the checkpoint's sampling defaults (``Sampling.greedy()`` for determinism);
     ``max_new_tokens``: frame budget (default: ``request.frame_budget`` of the text length);
     ``non_streaming_mode``: text layout (default: True for CustomVoice/VoiceDesign, False for clones, as the
-    official package); ``on_frame``: progress callback, called with the stream index per generated frame.
+    official package); ``on_frame``: progress callback, called with the stream index per generated frame;
+    ``chunks``: frames per streamed audio chunk (``stream`` only).
     """
 
     sampling: Sampling | None = None
     max_new_tokens: int | None = None
     non_streaming_mode: bool | None = None
     on_frame: Callable[[int], None] | None = None
+    chunks: ChunkPolicy | None = None
 
 
 def _broadcast(value: object, n: int, name: str, types: tuple[type, ...]) -> list:
