@@ -62,8 +62,8 @@ def _coerce(value: Any, hint: Any, what: str) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class PredictorConfig:
-    """The code predictor: a small Qwen3 transformer predicting code groups 1..15 of a frame."""
+class DecoderDims:
+    """Dimensions shared by the talker's and the predictor's Qwen3 transformers."""
 
     vocab_size: int
     hidden_size: int
@@ -79,20 +79,14 @@ class PredictorConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TalkerConfig:
+class PredictorConfig(DecoderDims):
+    """The code predictor: a small Qwen3 transformer predicting code groups 1..15 of a frame."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TalkerConfig(DecoderDims):
     """The talker: a Qwen3 decoder over dual-track (text + codec) embeddings producing code group 0."""
 
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    max_position_embeddings: int
-    num_code_groups: int
     text_vocab_size: int
     text_hidden_size: int
     codec_pad_id: int

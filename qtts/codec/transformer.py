@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import CodecDecoderConfig
+from ..model.layers import MLP
 from .streaming import State, StreamingModule, param_device_dtype
 
 
@@ -147,19 +148,6 @@ def make_window(positions: torch.Tensor, size: int, offset: torch.Tensor | None)
     if valid is not None:
         mask = mask & valid[:, None, :]
     return Window(mask[:, None], slots)
-
-
-class MLP(nn.Module):
-    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
-
-    def __init__(self, hidden: int, intermediate: int) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class TransformerLayer(nn.Module):
