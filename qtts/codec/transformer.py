@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import CodecDecoderConfig
-from ..model.layers import MLP
+from ..model.layers import MLP, RMSNorm
 from .streaming import State, StreamingModule, param_device_dtype
 
 
@@ -37,20 +37,6 @@ class TransformerState(State):
 
     offset: torch.Tensor
     layers: list[RingKV]
-
-
-class RMSNorm(nn.Module):
-    """RMS norm computed in float32, scaled by ``weight`` after casting back (official order)."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
 
 
 class LayerScale(nn.Module):
