@@ -6,10 +6,11 @@ frame loop (``loop``) and the codec. It keeps no per-request state, so one insta
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +237,21 @@ class TTS:
         prepared = self.prepare(text, voice, language, instruct, seed, options)
         opts = options or SynthesisOptions()
         return stream_prepared(self, prepared, opts.chunks, started, opts.on_frame)
+
+    async def astream(self, text: str, voice: Voice | None = None, language: str = "auto",
+                      instruct: str | None = None, seed: int | None = None,
+                      options: SynthesisOptions | None = None) -> AsyncIterator[AudioChunk]:
+        """Async version of ``stream``: model work runs in a worker thread, never on the event loop.
+        Breaking out of the ``async for`` (or cancelling the task) stops generation."""
+        chunks = await asyncio.to_thread(self.stream, text, voice, language, instruct, seed, options)
+        try:
+            while True:
+                chunk = await asyncio.to_thread(next, chunks, None)
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            chunks.close()
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, ref_codes: torch.Tensor | None = None) -> np.ndarray:

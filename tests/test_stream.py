@@ -57,3 +57,20 @@ def test_closing_the_stream_stops_generation(tiny_tts):
 def test_bad_chunk_policy():
     with pytest.raises(InputError, match="chunk policy"):
         ChunkPolicy(0, 4)
+
+
+def test_async_stream_equals_sync_and_budget_ends_with_length(tiny_tts):
+    import asyncio
+
+    tts = tiny_tts["custom_voice"]
+    opts = SynthesisOptions(max_new_tokens=5, chunks=ChunkPolicy(2, 2))
+
+    async def collect():
+        return [c async for c in tts.astream(TEXT, voice=Speaker("aiden"), seed=4, options=opts)]
+
+    chunks = asyncio.run(collect())
+    sync = list(tts.stream(TEXT, voice=Speaker("aiden"), seed=4, options=opts))
+    assert [(c.start, c.end, c.finish_reason) for c in chunks] == [(c.start, c.end, c.finish_reason) for c in sync]
+    assert np.array_equal(np.concatenate([c.audio for c in chunks]), np.concatenate([c.audio for c in sync]))
+    if sync[-1].finish_reason == "length":
+        assert sync[-1].end == 4  # budget of 5 code-0 samples -> 4 frames
