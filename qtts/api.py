@@ -145,7 +145,7 @@ class TTS:
                 raise InputError(f"this {self.kind} checkpoint needs a voice: {what}")
         if isinstance(voice, Speaker):
             ins = instruct if instruct is not None else voice.instruct
-            if ins and self.cfg.tts_model_size in "0b6":
+            if ins and self.cfg.tts_model_size == "0b6":
                 warnings.warn("0.6B CustomVoice checkpoints ignore instructions (as the official package does)",
                               stacklevel=3)
                 ins = None
@@ -186,7 +186,7 @@ class TTS:
         params = (opts.sampling or Sampling()).resolve(self.generation, seed)
         budget = opts.max_new_tokens
         if budget is None:
-            budget = frame_budget(len(self.prompts.text_ids(text)), self.generation.max_new_tokens)
+            budget = frame_budget(plan.text_tokens, self.generation.max_new_tokens)
         elif not isinstance(budget, int) or budget < 1:
             raise InputError(f"max_new_tokens must be a positive integer, got {budget!r}")
         prompt, trailing = embed_plan(self.model.talker, plan, speaker_vector, ref_codes)

@@ -14,6 +14,7 @@ import dataclasses
 import torch
 
 from .embed import frame_embedding
+from .errors import InputError
 from .model.cache import KVCache, causal_mask
 from .model.talker import Talker
 from .sampling import SamplingTensors, process_code0_logits, sample
@@ -30,8 +31,6 @@ class SamplingParams:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        from .errors import InputError
-
         if not self.temperature > 0:
             raise InputError(f"temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:

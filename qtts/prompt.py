@@ -33,6 +33,7 @@ class PromptPlan:
     trailing: tuple[int, ...]
     uses_speaker_vector: bool
     ref_frames: int  # number of reference frames referenced by the slots (ICL clone), else 0
+    text_tokens: int  # tokens of the target text (drives the default frame budget)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +131,7 @@ class PromptBuilder:
             tail, trailing = [Slot(txt[0], t.codec_bos_id)], [*txt[1:], eos]
         slots += tail
         return PromptPlan(tuple(slots), tuple(trailing), voice.speaker_vector and speaker is None,
-                          voice.ref_frames)
+                          voice.ref_frames, len(txt))
 
     def _icl(self, txt: list[int], voice: VoiceSpec, non_streaming_mode: bool
              ) -> tuple[list[Slot], list[int]]:

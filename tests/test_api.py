@@ -126,3 +126,13 @@ def test_cli_speak_and_make_checkpoint(tiny_checkpoints, tmp_path, capsys):
     rc = main(["make-checkpoint", "--shape", "tiny", "--kind", "voice_design", "--out", str(tmp_path / "ck")])
     assert rc == 0 and (tmp_path / "ck" / "speech_tokenizer" / "model.safetensors").is_file()
     assert main(["make-checkpoint", "--shape", "tiny", "--kind", "voice_design", "--out", str(tmp_path / "ck")]) == 2
+
+
+def test_default_frame_budget_follows_text_length(tiny_tts):
+    from qtts.request import frame_budget
+
+    assert frame_budget(10, 8192) == 64 + 120 and frame_budget(10_000, 8192) == 8192
+    tts = tiny_tts["custom_voice"]
+    prepared = tts.prepare(TEXT, Speaker("ryan"))
+    n = len(tts.prompts.text_ids(TEXT))
+    assert prepared.plan.text_tokens == n and prepared.stream.max_new_tokens == 64 + 12 * n
