@@ -9,12 +9,13 @@
 from .api import TTS, Synthesis, SynthesisOptions
 from .errors import CheckpointError, InputError, QttsError, UnsupportedModeError
 from .request import Sampling
+from .session import StreamSession
 from .stream import AudioChunk, ChunkPolicy
 from .voices import Clone, ClonePrompt, Design, Speaker
 
 __version__ = "0.1.0"
 __all__ = [
-    "TTS", "Synthesis", "SynthesisOptions", "Sampling", "AudioChunk", "ChunkPolicy",
+    "TTS", "Synthesis", "SynthesisOptions", "Sampling", "AudioChunk", "ChunkPolicy", "StreamSession",
     "Speaker", "Design", "Clone", "ClonePrompt",
     "QttsError", "InputError", "CheckpointError", "UnsupportedModeError", "__version__",
 ]

@@ -20,12 +20,17 @@ from .codec.tokenizer import SpeechTokenizer
 from .config import GenerationConfig, ModelConfig, SpeechTokenizerConfig, read_json
 from .embed import embed_plan
 from .errors import CheckpointError, InputError, UnsupportedModeError
+from .generate import StreamParams
 from .loop import StreamInput, generate_codes
 from .model.tts import TTSModel
 from .prompt import PromptBuilder, PromptPlan, VoiceSpec, check_mode
+from .quant import QuantSummary, parse_quantize, quantize_int8_
 from .request import Sampling, frame_budget
-from .stream import AudioChunk, ChunkPolicy
+from .runner import AudioChunk, ChunkPolicy, Job, SessionText, Sink
+from .session import StreamSession
+from .stream import run_job
 from .text import TextTokenizer
+from .textfeed import TextFeed
 from .voices import Clone, ClonePrompt, Design, Speaker, Voice
 from .weights import build_and_load, read_safetensors, resolve_checkpoint
 
@@ -55,6 +60,32 @@ class Prepared:
     stream: StreamInput
     ref_codes: torch.Tensor | None
 
+    def job(self, sink: Sink, policy: ChunkPolicy | None = None, started: float | None = None,
+            on_frame: Callable[[], None] | None = None) -> Job:
+        """A runner job streaming this request's audio chunks into ``sink``."""
+        s = self.stream
+        return Job(s.params, sink, prompt=s.prompt, trailing=s.trailing, max_new_tokens=s.max_new_tokens,
+                   ref_codes=self.ref_codes, policy=policy, started=started, on_frame=on_frame)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedSession:
+    """A text-in session turned into model inputs: its text feed (push text there), sampling and voice."""
+
+    text: SessionText
+    params: StreamParams
+    ref_codes: torch.Tensor | None
+
+    @property
+    def feed(self) -> TextFeed:
+        return self.text.feed
+
+    def job(self, sink: Sink, policy: ChunkPolicy | None = None, started: float | None = None,
+            on_frame: Callable[[], None] | None = None) -> Job:
+        """A runner job that generates as text arrives in ``feed``, streaming chunks into ``sink``."""
+        return Job(self.params, sink, session=self.text, ref_codes=self.ref_codes, policy=policy, started=started,
+                   on_frame=on_frame)
+
 
 def _default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -69,12 +100,15 @@ class TTS:
         self.prompts = PromptBuilder(cfg, tokenizer)
         self.device = model.talker.codec_head.weight.device
         self.dtype = model.talker.codec_head.weight.dtype
+        self.quantization: QuantSummary | None = None  # set by from_pretrained(quantize="int8")
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,
-                        dtype: torch.dtype | str | None = None) -> TTS:
+                        dtype: torch.dtype | str | None = None, quantize: str | None = None) -> TTS:
         """Load a checkpoint folder or Hugging Face repo id. Defaults: CUDA if available (bfloat16), else
-        CPU (float32)."""
+        CPU (float32). ``quantize``: ``None``/``"none"`` or ``"int8"`` (opt-in weight-only int8 of the talker and
+        predictor linear layers, see ``qtts.quant``; the summary is kept in ``tts.quantization``)."""
+        quant = parse_quantize(quantize)
         folder = resolve_checkpoint(path_or_id)
         dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(dtype, str):
@@ -88,6 +122,7 @@ class TTS:
         tensors, _ = read_safetensors(folder)
         model = build_and_load(lambda: TTSModel(cfg), tensors, str(folder / "model.safetensors"), dtype, dev)
         del tensors
+        summary = quantize_int8_(model) if quant == "int8" else None
         st = folder / "speech_tokenizer"
         if not st.is_dir():
             raise CheckpointError(f"{folder}: the speech_tokenizer/ folder is missing")
@@ -95,7 +130,9 @@ class TTS:
         codec_tensors, _ = read_safetensors(st)
         codec = build_and_load(lambda: SpeechTokenizer(codec_cfg), codec_tensors, str(st / "model.safetensors"),
                                dtype, dev)
-        return cls(cfg, generation, tokenizer, model, codec)
+        tts = cls(cfg, generation, tokenizer, model, codec)
+        tts.quantization = summary
+        return tts
 
     @property
     def kind(self) -> str:
@@ -192,6 +229,33 @@ class TTS:
         prompt, trailing = embed_plan(self.model.talker, plan, speaker_vector, ref_codes)
         return Prepared(plan, StreamInput(prompt, trailing, params, budget), ref_codes)
 
+    def prepare_session(self, voice: Voice | None = None, language: str = "auto", instruct: str | None = None,
+                        seed: int | None = None, options: SynthesisOptions | None = None) -> PreparedSession:
+        """Validate a text-in session (voice, language, sampling) and set up its text feed. The session uses
+        the streaming text layout (one text token per frame); ``options.non_streaming_mode`` must not be True."""
+        opts = options or SynthesisOptions()
+        if opts.non_streaming_mode:
+            raise InputError("text-in sessions use the streaming text layout; non_streaming_mode must be False")
+        if opts.max_new_tokens is not None and (not isinstance(opts.max_new_tokens, int) or opts.max_new_tokens < 1):
+            raise InputError(f"max_new_tokens must be a positive integer, got {opts.max_new_tokens!r}")
+        spec, speaker_vector, ref_codes = self._voice_spec(voice, instruct)
+        self.prompts.language_id(language, spec.speaker.lower() if spec.speaker else None)
+        params = (opts.sampling or Sampling()).resolve(self.generation, seed)
+        talker = self.model.talker
+
+        def build(tokens: list[int], complete: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            plan = self.prompts.build_ids(tokens, language, spec, False, complete)
+            return embed_plan(talker, plan, speaker_vector, ref_codes)
+
+        def embed(tokens: list[int]) -> torch.Tensor:
+            with torch.no_grad():
+                return talker.embed_text(torch.tensor(tokens, dtype=torch.long, device=self.device))
+
+        feed = TextFeed(self.prompts.tok, self.prompts.max_text_tokens)
+        text = SessionText(feed, build, embed, embed([self.cfg.tts_eos_token_id]), self.prompts.prefill_tokens(spec),
+                           opts.max_new_tokens, self.generation.max_new_tokens)
+        return PreparedSession(text, params, ref_codes)
+
     def tts_pad(self) -> torch.Tensor:
         """The text-track vector fed once the text is exhausted, ``[H]``."""
         with torch.no_grad():
@@ -231,12 +295,24 @@ class TTS:
         """Like ``synthesize`` but yields ``AudioChunk`` s as frames are generated (first after one frame,
         then 2, 4, 8, ... frames; see ``SynthesisOptions.chunks``). Joined chunks equal ``synthesize``'s audio
         for the same seed. Closing the iterator cancels generation."""
-        from .stream import stream_prepared
-
         started = time.perf_counter()
         prepared = self.prepare(text, voice, language, instruct, seed, options)
         opts = options or SynthesisOptions()
-        return stream_prepared(self, prepared, opts.chunks, started, opts.on_frame)
+        tick = None if opts.on_frame is None else (lambda: opts.on_frame(0))
+        return run_job(self, prepared.job(lambda _item: None, opts.chunks, started, tick))
+
+    def open_stream(self, voice: Voice | None = None, language: str = "auto", instruct: str | None = None,
+                    seed: int | None = None, options: SynthesisOptions | None = None) -> StreamSession:
+        """A text-in, audio-out session: ``push_text`` pieces of text (e.g. LLM tokens) from any thread,
+        ``end()`` when the text is complete, and iterate ``AudioChunk`` s (sync or async) meanwhile. Audio starts
+        as soon as the first words are final; generation waits for text rather than padding. With the whole text
+        pushed at once the audio equals ``stream(text, ...)`` with ``non_streaming_mode=False``."""
+        started = time.perf_counter()
+        session = self.prepare_session(voice, language, instruct, seed, options)
+        opts = options or SynthesisOptions()
+        tick = None if opts.on_frame is None else (lambda: opts.on_frame(0))
+        job = session.job(lambda _item: None, opts.chunks, started, tick)
+        return StreamSession(session.feed, job, lambda: run_job(self, job))
 
     async def astream(self, text: str, voice: Voice | None = None, language: str = "auto",
                       instruct: str | None = None, seed: int | None = None,

@@ -91,16 +91,45 @@ class FrameState:
         self.penalty[row] = params.talker.repetition_penalty
         self.seeds[row] = params.seed & 0x7FFFFFFFFFFFFFFF
 
-    def set_text(self, row: int, trailing: torch.Tensor) -> None:
-        """Set the text vectors ``[N, H]`` a slot consumes one per decode step."""
-        n = trailing.shape[0]
+    def set_text(self, row: int, trailing: torch.Tensor, start: int = 0) -> None:
+        """Set the text vectors ``[N, H]`` a slot consumes one per decode step, from index ``start`` on
+        (``start > 0`` appends to text that is still arriving); afterwards the slot has ``start + N``."""
+        n = start + trailing.shape[0]
         if n > self.text.shape[1]:
             grown = torch.zeros(self.batch, max(n, 2 * self.text.shape[1]), self.text.shape[2],
                                 dtype=self.text.dtype, device=self.text.device)
             grown[:, : self.text.shape[1]] = self.text
             self.text = grown
-        self.text[row, :n] = trailing
+        self.text[row, start:n] = trailing
         self.text_len[row] = n
+
+    def head(self, n: int) -> FrameState:
+        """A view of slots ``0..n-1`` (tensors are views: updates through it land in this state)."""
+        view = object.__new__(FrameState)
+        rows = slice(0, n)
+        view.groups, view.pad = self.groups, self.pad
+        view.cache = self.cache.head(n)
+        view.pred_cache = self.pred_cache.head(n)
+        for name in _ROW_TENSORS:
+            setattr(view, name, getattr(self, name)[rows])
+        view.talker_params = _rows(self.talker_params, rows)
+        view.predictor_params = _rows(self.predictor_params, rows)
+        return view
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy slot ``src`` (caches, text, sampling, counters) into slot ``dst``; keeps live slots packed."""
+        for cache in (self.cache, self.pred_cache):
+            cache.k[:, dst] = cache.k[:, src]
+            cache.v[:, dst] = cache.v[:, src]
+        for name in _ROW_TENSORS:
+            t = getattr(self, name)
+            t[dst] = t[src]
+        for params in (self.talker_params, self.predictor_params):
+            for t in (params.do_sample, params.temperature, params.top_k, params.top_p):
+                t[dst] = t[src]
+
+
+_ROW_TENSORS = ("positions", "steps", "active", "hidden", "code0", "seen", "text", "text_len", "seeds", "penalty")
 
 
 def _sampling_tensors(batch: int, device: torch.device) -> SamplingTensors:
@@ -178,15 +207,17 @@ def next_text(state: FrameState) -> torch.Tensor:
 def decode_frame(talker: Talker, state: FrameState, span: int) -> torch.Tensor:
     """Advance all slots one frame. Returns the completed frames' codes ``[B, G]``; afterwards
     ``state.code0`` holds each slot's next code-0 (EOS ends a stream). ``span`` must exceed every active
-    slot's position. Inactive slots are computed but do not advance."""
+    slot's position. Inactive slots are computed but keep their state (a paused slot resumes exactly)."""
     codes = predict_groups(talker, state)
     x = (frame_embedding(talker, codes) + next_text(state))[:, None]
     positions = state.positions[:, None]
     hidden = talker(x, positions, state.cache.layers, causal_mask(positions, span))[:, -1]
     code0 = _sample_code0(talker, state, hidden, slice(None))
-    state.hidden.copy_(hidden)
-    state.code0.copy_(code0)
-    state.seen.scatter_(1, code0[:, None], state.active[:, None])
+    live = state.active[:, None]
+    state.hidden.copy_(torch.where(live, hidden, state.hidden))
+    state.code0.copy_(torch.where(state.active, code0, state.code0))
+    idx = code0[:, None]
+    state.seen.scatter_(1, idx, live | state.seen.gather(1, idx))
     step = state.active.long()
     state.steps.add_(step)
     state.positions.add_(step)

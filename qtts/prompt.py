@@ -99,11 +99,27 @@ class PromptBuilder:
 
     def build(self, text: str, language: str, voice: VoiceSpec, non_streaming_mode: bool) -> PromptPlan:
         """The prefill plan for one request (see spec §3.4 for the layouts)."""
+        return self.build_ids(self.text_ids(text), language, voice, non_streaming_mode)
+
+    def prefill_tokens(self, voice: VoiceSpec) -> int:
+        """Text tokens the streaming layout puts into the prefill (the rest are fed one per frame): 1, or
+        for an ICL clone as many as fill the reference frames after the transcript."""
+        if voice.ref_frames > 0:
+            return max(1, 1 + voice.ref_frames - len(self.text_ids(voice.ref_text or "", "reference text")))
+        return 1
+
+    def build_ids(self, txt: list[int], language: str, voice: VoiceSpec, non_streaming_mode: bool,
+                  complete: bool = True) -> PromptPlan:
+        """The prefill plan for text token ids ``txt``. ``complete=False`` (streaming layout only): more text
+        follows, so the text end (``tts_eos``) is not placed; ``txt`` must hold ``prefill_tokens`` tokens."""
         t = self.cfg.talker
         speaker = voice.speaker.lower() if voice.speaker else None
         if speaker is not None and speaker not in t.spk_id:
             raise InputError(f"unknown speaker {voice.speaker!r}; valid: {', '.join(self.speakers) or 'none'}")
-        txt = self.text_ids(text)
+        if not txt:
+            raise InputError("text is empty")
+        if not complete and (non_streaming_mode or len(txt) < self.prefill_tokens(voice)):
+            raise ValueError("an incomplete text needs the streaming layout and prefill_tokens tokens")
         slots: list[Slot] = []
         if voice.instruct:
             ins = self.tok.encode(f"<|im_start|>user\n{voice.instruct}<|im_end|>\n")
@@ -122,25 +138,27 @@ class PromptBuilder:
         pad, bos, eos = self.cfg.tts_pad_token_id, self.cfg.tts_bos_token_id, self.cfg.tts_eos_token_id
         texts = [pad] * (len(codec) - 2) + [bos]
         slots += [Slot(tx, c) for tx, c in zip(texts, codec[:-1], strict=True)]
+        end = [eos] if complete else []
         if voice.ref_frames > 0:
-            tail, trailing = self._icl(txt, voice, non_streaming_mode)
+            tail, trailing = self._icl(txt, end, voice, non_streaming_mode)
         elif non_streaming_mode:
             tail = [Slot(i, t.codec_pad_id) for i in [*txt, eos]] + [Slot(pad, t.codec_bos_id)]
             trailing = []
         else:
-            tail, trailing = [Slot(txt[0], t.codec_bos_id)], [*txt[1:], eos]
+            tail, trailing = [Slot(txt[0], t.codec_bos_id)], [*txt[1:], *end]
         slots += tail
         return PromptPlan(tuple(slots), tuple(trailing), voice.speaker_vector and speaker is None,
                           voice.ref_frames, len(txt))
 
-    def _icl(self, txt: list[int], voice: VoiceSpec, non_streaming_mode: bool
+    def _icl(self, txt: list[int], end: list[int], voice: VoiceSpec, non_streaming_mode: bool
              ) -> tuple[list[Slot], list[int]]:
-        """ICL clone tail: reference transcript + text on the text track, reference frames on the codec."""
+        """ICL clone tail: reference transcript + text on the text track, reference frames on the codec.
+        ``end``: ``[tts_eos]`` when the text is complete, else ``[]``."""
         t = self.cfg.talker
         if voice.ref_text is None:
             raise InputError("an ICL voice clone needs the reference transcript (ref_text)")
         pad = self.cfg.tts_pad_token_id
-        s_text = [*self.text_ids(voice.ref_text, "reference text"), *txt, self.cfg.tts_eos_token_id]
+        s_text = [*self.text_ids(voice.ref_text, "reference text"), *txt, *end]
         s_codec: list[int | tuple[str, int]] = [t.codec_bos_id, *(("ref", k) for k in range(voice.ref_frames))]
         if non_streaming_mode:
             return ([Slot(i, t.codec_pad_id) for i in s_text] + [Slot(pad, c) for c in s_codec], [])

@@ -57,6 +57,13 @@ class KVCache:
     def batch(self) -> int:
         return self.k.shape[1]
 
+    def head(self, n: int) -> KVCache:
+        """A view of rows ``0..n-1`` (shares storage; a later ``grow`` of this cache detaches it)."""
+        view = object.__new__(KVCache)
+        view.k, view.v = self.k[:, :n], self.v[:, :n]
+        view.layers = [LayerCache(view.k[i], view.v[i]) for i in range(view.k.shape[0])]
+        return view
+
     def rows(self, index: slice) -> list[LayerCache]:
         """Per-layer views of batch rows ``index`` (views, so writes land in this cache)."""
         return [LayerCache(layer.k[index], layer.v[index]) for layer in self.layers]
