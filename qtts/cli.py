@@ -86,6 +86,11 @@ def cmd_speak(args: argparse.Namespace) -> int:
     options = SynthesisOptions(
         sampling=Sampling.greedy() if args.greedy else None, max_new_tokens=args.max_frames, on_frame=progress,
     )
+    if args.stream:
+        from .cli_stream import speak_stream
+
+        return speak_stream(tts, args, _voice(tts, args), options, progress)
+    args.output = args.output or "out.wav"
     start = time.perf_counter()
     result = tts.synthesize(args.text, voice=_voice(tts, args), language=args.language, instruct=args.instruct,
                             seed=args.seed, options=options)
@@ -129,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("speak", help="synthesize text to a WAV file")
     sp.add_argument("text")
-    sp.add_argument("-o", "--output", default="out.wav")
+    sp.add_argument("-o", "--output", help="WAV file to write (default out.wav; with --stream and no -o, audio "
+                    "plays on the sound device when there is one)")
     sp.add_argument("--voice", help="speaker name (CustomVoice), description (VoiceDesign) or clone prompt file")
     sp.add_argument("--language", default="auto")
     sp.add_argument("--instruct", help="instruction (CustomVoice 1.7B) or voice description (VoiceDesign)")
@@ -140,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--greedy", action="store_true", help="deterministic decoding")
     sp.add_argument("--max-frames", type=int, help="frame budget (80 ms each)")
     sp.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
+    sp.add_argument("--stream", action="store_true",
+                    help="stream: play as audio is generated (or write -o progressively); prints TTFA and RTF")
+    sp.add_argument("--chunk-frames", type=int, default=1, help="frames in the first streamed chunk (default 1; "
+                    "later chunks double up to max(8, N))")
     _model_args(sp)
     sp.set_defaults(func=cmd_speak)
 
