@@ -1,0 +1,59 @@
+"""``ServerSettings``: everything ``qtts serve`` can be told, as one frozen value."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def default_data_dir() -> Path:
+    """Voice library folder: ``$QTTS_HOME/voices`` (default ``~/.cache/qtts/voices``)."""
+    return Path(os.environ.get("QTTS_HOME", Path.home() / ".cache" / "qtts")) / "voices"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """Server configuration.
+
+    ``model``: checkpoint folder or Hugging Face repo id (None: the offline tiny demo checkpoint of ``kind``);
+    ``device`` / ``dtype``: as ``TTS.from_pretrained``; ``api_key``: when set, ``/v1/*`` needs
+    ``Authorization: Bearer <api_key>``; ``max_input_chars``: longest ``input`` (and per-utterance WebSocket
+    text); ``max_upload_bytes``: largest voice upload; ``max_batch`` / ``max_waiting`` / ``wait_timeout``:
+    the engine's admission control (streams per frame step, requests queued for a slot, seconds a request may
+    wait); ``data_dir``: the voice library folder; ``model_name``: the name reported and accepted as ``model``
+    (default: the checkpoint folder's name).
+    """
+
+    model: str | None = None
+    kind: str = "custom_voice"
+    device: str | None = None
+    dtype: str | None = None
+    quantize: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_input_chars: int = 4096
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_batch: int = 8
+    max_waiting: int = 64
+    wait_timeout: float = 30.0
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_input_chars", "max_upload_bytes", "max_batch", "max_waiting"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.port, int) or not 0 <= self.port < 65536:
+            raise InputError(f"port must be in 0..65535, got {self.port!r}")
+        if not self.wait_timeout > 0:
+            raise InputError(f"wait_timeout must be > 0, got {self.wait_timeout!r}")
+        if self.kind not in ("base", "custom_voice", "voice_design"):
+            raise InputError(f"kind must be base, custom_voice or voice_design, got {self.kind!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InputError("api_key must not be empty (leave it unset to disable authentication)")
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
