@@ -1,0 +1,157 @@
+"""The web playground (``qtts/server/static/index.html``) driven in headless Chromium against a fake speech
+endpoint on a loopback port: it lists voices, streams PCM, plays it with Web Audio and reports the timings.
+Skipped when selenium, Chromium or chromedriver is not installed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+fastapi = pytest.importorskip("fastapi", reason="the server extra (fastapi) is not installed")
+from fastapi import Request  # noqa: E402  (after the skip check)
+
+PAGE = Path(__file__).resolve().parents[1] / "qtts" / "server" / "static" / "index.html"
+CHUNKS = [4801, 9599, 7, 12001, 1]  # odd sizes split samples across network chunks (26409 bytes)
+FIRST_DELAY_S = 0.3
+VOICES = [{"name": "vivian", "kind": "speaker", "builtin": True, "usable": True},
+          {"name": "ada", "kind": "clone", "builtin": False, "usable": True},
+          {"name": "calm", "kind": "design", "builtin": False, "usable": False}]
+
+
+def _fake_app(seen: list[dict[str, Any]]) -> Any:
+    from fastapi import FastAPI
+    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+
+    app = FastAPI()
+
+    @app.get("/")
+    async def index() -> FileResponse:
+        return FileResponse(PAGE, media_type="text/html")
+
+    @app.get("/v1/audio/voices")
+    async def voices() -> JSONResponse:
+        return JSONResponse({"object": "list", "model_kind": "custom_voice", "data": VOICES})
+
+    @app.post("/v1/audio/speech")
+    async def speech(request: Request) -> Any:
+        body = await request.json()
+        seen.append({"body": body, "authorization": request.headers.get("authorization")})
+        if body.get("input") == "fail":
+            return JSONResponse({"error": {"message": "input: simulated failure", "param": "input"}}, 400)
+
+        async def pcm() -> Any:
+            await asyncio.sleep(FIRST_DELAY_S)
+            for i, size in enumerate(CHUNKS):
+                yield bytes((i * 37 + k) % 256 for k in range(size))
+                await asyncio.sleep(0.05)
+
+        return StreamingResponse(pcm(), media_type="audio/pcm")
+
+    return app
+
+
+@contextlib.contextmanager
+def _serve(app: Any) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a free loopback port in a thread; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.common.exceptions import WebDriverException
+
+    binary = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    driver_path = shutil.which("chromedriver")
+    if binary is None or driver_path is None:
+        pytest.skip("Chromium or chromedriver is not installed (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(flag)
+    try:
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    except WebDriverException as e:
+        pytest.skip(f"headless Chromium could not start: {e.msg}")
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _wait(driver: Any, condition: str, timeout: float = 30.0) -> Any:
+    """Poll the JavaScript expression ``condition`` until it is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(f"return {condition};")
+        if value:
+            return value
+        time.sleep(0.05)
+    status = driver.execute_script("const s = document.getElementById('status'); "
+                                   "return JSON.stringify({text: s.textContent, data: Object.assign({}, s.dataset)});")
+    raise AssertionError(f"timed out waiting for {condition}; status: {status}")
+
+
+def test_speak_streams_plays_and_reports_timing(browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    seen: list[dict[str, Any]] = []
+    with _serve(_fake_app(seen)) as url:
+        browser.get(url + "/")
+        _wait(browser, "document.getElementById('voice').dataset.loaded === '3'")
+        select = Select(browser.find_element(By.ID, "voice"))
+        labels = {o.get_attribute("value"): (o.text, o.is_enabled()) for o in select.options}
+        assert labels["ada"] == ("ada", True) and labels["vivian"] == ("vivian", True)
+        assert labels["calm"][1] is False and "not usable" in labels["calm"][0]
+        select.select_by_value("ada")
+        text = browser.find_element(By.ID, "text")
+        text.clear()
+        text.send_keys("Streaming from the browser.")
+        browser.find_element(By.ID, "seed").send_keys("5")
+        browser.find_element(By.ID, "api-key").send_keys("sekret")
+        browser.find_element(By.ID, "speak").click()
+        _wait(browser, "document.getElementById('status').dataset.state === 'done'")
+        status = browser.find_element(By.ID, "status")
+        data = json.loads(browser.execute_script("return JSON.stringify(document.getElementById('status').dataset)"))
+        assert int(data["bytes"]) == sum(CHUNKS)
+        assert int(data["scheduled"]) == sum(CHUNKS) // 2  # every sample decoded and handed to Web Audio
+        ttfa, total = float(data["ttfaMs"]), float(data["totalMs"])
+        assert FIRST_DELAY_S * 1000 * 0.8 <= ttfa < total
+        assert total >= ttfa + 0.8 * 0.05 * 1000 * (len(CHUNKS) - 1)
+        assert "first audio after" in status.text and "s total" in status.text
+        assert seen[-1]["authorization"] == "Bearer sekret"
+        assert seen[-1]["body"] == {"input": "Streaming from the browser.", "voice": "ada", "language": "auto",
+                                    "seed": 5, "response_format": "pcm", "stream_format": "audio"}
+
+        text.clear()
+        text.send_keys("fail")
+        browser.find_element(By.ID, "speak").click()
+        _wait(browser, "document.getElementById('status').dataset.state === 'error'")
+        assert "simulated failure" in status.text
