@@ -60,7 +60,7 @@ def _load(args: argparse.Namespace):
         model = default_checkpoint(kind)
         print(f"note: no --model given; using the offline demo checkpoint {model} "
               "(tiny, random, untrained: it sounds like noise)", file=sys.stderr)
-    return TTS.from_pretrained(model, device=args.device, dtype=args.dtype)
+    return TTS.from_pretrained(model, device=args.device, dtype=args.dtype, quantize=args.quantize)
 
 
 def _voice(tts, args: argparse.Namespace):
@@ -126,6 +126,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="kind of the offline demo checkpoint when --model is not given")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", help="float32 / bfloat16 / float16 (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: weight-only int8 talker/predictor linear layers (opt-in; see BENCHMARKS.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
