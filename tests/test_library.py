@@ -269,3 +269,27 @@ def test_wrong_kind_and_designs(client_for) -> None:
                                  400, "description")
     assert "JSON object" in _error(design.post("/v1/audio/voices", json=["calm"]), 400, None)
     assert [r.name for r in state.library.list()] == ["calm", "form"]
+
+
+def test_saved_clone_speaks_through_the_server_app(tiny_tts, tmp_path: Path) -> None:
+    """The voice routes inside the server's own app: save a clone, then ``POST /v1/audio/speech`` with it."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from qtts.server.app import ServerSettings, ServerState, create_app
+
+    tts = tiny_tts["base"]
+    state = ServerState.create(ServerSettings(kind="base", data_dir=tmp_path / "voices", max_upload_bytes=200_000),
+                               tts=tts)
+    with TestClient(create_app(state)) as client:
+        saved = client.post("/v1/audio/voices", data={"name": "ada", "ref_text": "Hello there, this is Ada."},
+                            files={"audio": ("ada.wav", _wav(), "audio/wav")})
+        assert saved.status_code == 201, saved.text
+        resp = client.post("/v1/audio/speech", json={"input": "Hi.", "voice": "ada", "response_format": "pcm",
+                                                     "seed": 3, "max_new_tokens": 4})
+        assert resp.status_code == 200, resp.text
+        pcm = np.frombuffer(resp.content, dtype="<i2").astype(np.float32) / 32767.0
+        expected = tts.synthesize("Hi.", voice=VoiceLibrary(tmp_path / "voices").resolve("ada"), seed=3,
+                                  options=SynthesisOptions(max_new_tokens=4)).audio
+        assert pcm.shape == expected.shape and np.abs(pcm - expected).max() < 1e-3
+        assert _error(client.post("/v1/audio/speech", json={"input": "Hi.", "voice": "nobody"}), 400, "voice")

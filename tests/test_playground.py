@@ -118,6 +118,11 @@ def _wait(driver: Any, condition: str, timeout: float = 30.0) -> Any:
     raise AssertionError(f"timed out waiting for {condition}; status: {status}")
 
 
+def _status(driver: Any) -> dict[str, str]:
+    """The status element's ``data-`` attributes (state, bytes, scheduled, ttfaMs, totalMs)."""
+    return json.loads(driver.execute_script("return JSON.stringify(document.getElementById('status').dataset)"))
+
+
 def test_speak_streams_plays_and_reports_timing(browser: Any) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -139,7 +144,7 @@ def test_speak_streams_plays_and_reports_timing(browser: Any) -> None:
         browser.find_element(By.ID, "speak").click()
         _wait(browser, "document.getElementById('status').dataset.state === 'done'")
         status = browser.find_element(By.ID, "status")
-        data = json.loads(browser.execute_script("return JSON.stringify(document.getElementById('status').dataset)"))
+        data = _status(browser)
         assert int(data["bytes"]) == sum(CHUNKS)
         assert int(data["scheduled"]) == sum(CHUNKS) // 2  # every sample decoded and handed to Web Audio
         ttfa, total = float(data["ttfaMs"]), float(data["totalMs"])
@@ -155,3 +160,33 @@ def test_speak_streams_plays_and_reports_timing(browser: Any) -> None:
         browser.find_element(By.ID, "speak").click()
         _wait(browser, "document.getElementById('status').dataset.state === 'error'")
         assert "simulated failure" in status.text
+
+
+def test_page_speaks_through_the_real_server(browser: Any, tiny_tts: Any, tmp_path: Path) -> None:
+    """The page served by the server app itself (tiny CustomVoice checkpoint): voices listed, audio streamed."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from qtts.server.app import ServerSettings, ServerState, create_app
+
+    tts = tiny_tts["custom_voice"]
+    state = ServerState.create(ServerSettings(data_dir=tmp_path / "voices"), tts=tts)
+    try:
+        with _serve(create_app(state)) as url:
+            browser.get(url + "/")
+            _wait(browser, f"document.getElementById('voice').dataset.loaded === '{len(tts.speakers)}'")
+            values = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "voice")).options]
+            assert values == ["", *tts.speakers]
+            Select(browser.find_element(By.ID, "voice")).select_by_value(tts.speakers[-1])
+            text = browser.find_element(By.ID, "text")
+            text.clear()
+            text.send_keys("Hi.")
+            browser.find_element(By.ID, "speak").click()
+            _wait(browser, "document.getElementById('status').dataset.state === 'done'", timeout=120)
+            data = _status(browser)
+            frames = state.engine.finished[-1].frames
+            assert frames > 0 and int(data["bytes"]) == frames * tts.codec.samples_per_frame * 2
+            assert int(data["scheduled"]) == int(data["bytes"]) // 2
+            assert 0 < float(data["ttfaMs"]) <= float(data["totalMs"])
+    finally:
+        state.close()
