@@ -231,6 +231,9 @@ def test_clone_upload_errors(client_for) -> None:
                                              files={"audio": ("a.wav", _wav(0.01), "audio/wav")}), 400, "audio")
     big = ("big.wav", _wav(10.0), "audio/wav")  # 320 kB > 200 kB
     assert "limit" in _error(client.post("/v1/audio/voices", data={"name": "x"}, files={"audio": big}), 413, "audio")
+    over = ("over.wav", _wav(7.0), "audio/wav")  # 224 kB: the body fits the form allowance, the file does not
+    assert "'audio' is" in _error(client.post("/v1/audio/voices", data={"name": "x"}, files={"audio": over}),
+                                  413, "audio")
     assert "invalid voice name" in _error(client.post("/v1/audio/voices", data={"name": "no spaces"},
                                                       files={"audio": wav}), 400, "name")
     assert "required" in _error(client.post("/v1/audio/voices", files={"audio": wav}), 400, "name")

@@ -81,11 +81,16 @@ def voice_router(state: VoiceState) -> APIRouter:
 
     @router.post("/v1/audio/voices")
     async def save_voice(request: Request) -> JSONResponse:
+        fields: dict[str, Any] = {}
         try:
             fields = await _read_fields(request, state.settings.max_upload_bytes)
             record = await _save(state, fields)
         except FieldError as e:
             return e.response()
+        finally:
+            for value in fields.values():
+                if isinstance(value, UploadFile):
+                    await value.close()
         return JSONResponse(_voice_json(record, state.tts.kind), status_code=201)
 
     @router.delete("/v1/audio/voices/{name}")
