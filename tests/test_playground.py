@@ -190,3 +190,54 @@ def test_page_speaks_through_the_real_server(browser: Any, tiny_tts: Any, tmp_pa
             assert 0 < float(data["ttfaMs"]) <= float(data["totalMs"])
     finally:
         state.close()
+
+
+def test_page_saves_a_cloned_voice_and_speaks_with_it(browser: Any, tiny_tts: Any, tmp_path: Path) -> None:
+    """Upload reference audio through the page's form (tiny Base checkpoint), then speak with the new voice."""
+    import numpy as np
+    import soundfile as sf
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from qtts.server.app import ServerSettings, ServerState, create_app
+
+    ref = tmp_path / "ref.wav"
+    t = np.arange(16000) / 16000
+    sf.write(ref, (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 16000)
+    state = ServerState.create(ServerSettings(kind="base", data_dir=tmp_path / "voices"), tts=tiny_tts["base"])
+    try:
+        with _serve(create_app(state)) as url:
+            browser.get(url + "/")
+            _wait(browser, "document.getElementById('voice').dataset.loaded === '0'")
+            browser.find_element(By.ID, "new-name").send_keys("bad name")
+            browser.find_element(By.ID, "new-audio").send_keys(str(ref))
+            browser.find_element(By.ID, "save-voice").click()
+            _wait(browser, "document.getElementById('voice-msg').textContent.startsWith('Not saved')")
+            assert "invalid voice name" in browser.find_element(By.ID, "voice-msg").text
+            name = browser.find_element(By.ID, "new-name")
+            name.clear()
+            name.send_keys("ada")
+            browser.find_element(By.ID, "new-ref-text").send_keys("A short reference sentence.")
+            browser.find_element(By.ID, "save-voice").click()
+            _wait(browser, "document.getElementById('voice').dataset.loaded === '1'")
+            assert Select(browser.find_element(By.ID, "voice")).first_selected_option.get_attribute("value") == "ada"
+            assert state.library.get("ada").ref_text == "A short reference sentence."
+            text = browser.find_element(By.ID, "text")
+            text.clear()
+            text.send_keys("Hi.")
+            browser.find_element(By.ID, "speak").click()
+            _wait(browser, "document.getElementById('status').dataset.state === 'done'", timeout=120)
+            data = _status(browser)
+            assert int(data["bytes"]) > 0 and int(data["scheduled"]) == int(data["bytes"]) // 2
+    finally:
+        state.close()
+
+
+def test_page_loads_nothing_from_outside() -> None:
+    """No CDN: no absolute URL anywhere in the page, and every src/href is relative (it must work offline)."""
+    import re
+
+    html = PAGE.read_text()
+    assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", html, re.IGNORECASE)
+    links = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", html, re.IGNORECASE)
+    assert all(not re.match(r"^(?:[a-z]+:)?//", link) for link in links), links
