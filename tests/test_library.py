@@ -123,6 +123,33 @@ def test_reopen_sweeps_orphan_prompt_files(tmp_path: Path) -> None:
     assert len(_files(lib)) == 1 and lib.resolve("kept") is not None
 
 
+def test_concurrent_adds_of_one_name_save_it_once(tmp_path: Path) -> None:
+    import threading
+
+    lib = VoiceLibrary(tmp_path)
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def add(i: int) -> None:
+        start.wait()
+        try:
+            lib.add_clone("same", _prompt(i), writer=i)
+            outcomes.append("saved")
+        except VoiceExists:
+            outcomes.append("exists")
+        lib.add_clone(f"own{i}", _prompt(i))
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["exists"] * 7 + ["saved"]
+    assert len(lib.list()) == 9 and len(_files(lib)) == 9  # no file of the refused adds is left behind
+    writer = lib.get("same").meta["writer"]
+    assert torch.equal(lib.resolve("same").prompt.speaker_embedding, _prompt(writer).speaker_embedding)
+
+
 # ---- routes -------------------------------------------------------------------------------------------------
 
 

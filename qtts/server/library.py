@@ -203,9 +203,11 @@ class VoiceLibrary:
                                "meta, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                (name, kind, description, file_name, prompt.ref_text if prompt else None,
                                 int(prompt.x_vector_only) if prompt else 0, meta_json, time.time()))
-            except BaseException:
+            except BaseException as e:
                 if file_name is not None:
                     (self.prompts_dir / file_name).unlink(missing_ok=True)
+                if isinstance(e, sqlite3.IntegrityError):  # another process took the name meanwhile
+                    raise VoiceExists(f"a voice named {name!r} already exists") from None
                 raise
             if prompt is not None:
                 self._cache[name.lower()] = prompt
