@@ -150,6 +150,17 @@ def test_concurrent_adds_of_one_name_save_it_once(tmp_path: Path) -> None:
     assert torch.equal(lib.resolve("same").prompt.speaker_embedding, _prompt(writer).speaker_embedding)
 
 
+def test_name_taken_by_another_process_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = VoiceLibrary(tmp_path), VoiceLibrary(tmp_path)  # e.g. two server processes
+    first.add_clone("x", _prompt(1))
+    monkeypatch.setattr(second, "_row", lambda name: None)  # its check ran before the other process committed
+    with pytest.raises(VoiceExists, match="already exists"):
+        second.add_clone("x", _prompt(2))
+    monkeypatch.undo()
+    assert len(_files(first)) == 1
+    assert torch.equal(second.resolve("x").prompt.speaker_embedding, _prompt(1).speaker_embedding)
+
+
 # ---- routes -------------------------------------------------------------------------------------------------
 
 
