@@ -1,4 +1,4 @@
-"""Command line: ``qtts speak``, ``qtts clone-prompt``, ``qtts make-checkpoint``.
+"""Command line: ``qtts speak``, ``qtts clone-prompt``, ``qtts make-checkpoint``, ``qtts serve``.
 
 Without ``--model`` the commands use the offline demo checkpoint: a tiny, seeded, *untrained* random model
 generated on first use — it runs anywhere in seconds but sounds like noise.
@@ -171,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--tokenizer", help="folder with the real Qwen vocab.json/merges.txt/tokenizer_config.json")
     mk.add_argument("--overwrite", action="store_true")
     mk.set_defaults(func=cmd_make_checkpoint)
+
+    from .server.main import add_arguments, cmd_serve
+
+    sv = sub.add_parser("serve", help="run the OpenAI-compatible speech server (needs qtts[server])")
+    add_arguments(sv)
+    _model_args(sv)
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 

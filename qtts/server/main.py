@@ -30,7 +30,8 @@ def settings_from_args(args: argparse.Namespace):
 
     from .settings import ServerSettings, default_data_dir
 
-    quantize = None if args.quantize in (None, "none") else args.quantize
+    quantize = getattr(args, "quantize", None)
+    quantize = None if quantize in (None, "none") else quantize
     return ServerSettings(
         model=args.model, kind=args.kind or "custom_voice", device=args.device, dtype=args.dtype, quantize=quantize,
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get("QTTS_API_KEY") or None,

@@ -17,13 +17,14 @@ from .settings import ServerSettings
 log = logging.getLogger("qtts.server")
 
 
-def open_library(root: Path) -> Any:
-    """The voice library (``qtts.server.library.VoiceLibrary``) when that module is installed, else None."""
+def open_library(root: Path, reserved: list[str]) -> Any:
+    """The voice library (``qtts.server.library.VoiceLibrary``) when that module is installed, else None.
+    ``reserved``: the built-in speaker names, which saved voices may not take."""
     try:
         from .library import VoiceLibrary
     except ImportError:
         return None
-    return VoiceLibrary(root)
+    return VoiceLibrary(root, reserved=reserved)
 
 
 @dataclasses.dataclass
@@ -57,7 +58,7 @@ class ServerState:
         engine = Engine(tts, EngineConfig(settings.max_batch, settings.max_waiting, settings.wait_timeout))
         metrics = Metrics()
         engine.observers.append(metrics.observe)
-        return cls(tts, engine, settings, metrics, open_library(settings.data_dir), name)
+        return cls(tts, engine, settings, metrics, open_library(settings.data_dir, tts.speakers), name)
 
     def close(self) -> None:
         if self.owns_engine:
