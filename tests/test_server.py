@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
+import time
 
 import httpx
 import numpy as np
@@ -197,9 +199,13 @@ def test_malformed_requests_get_4xx_naming_the_field(server, body, status, param
     assert ok.status_code == 200 and len(ok.content) > 0
 
 
-def test_health_and_metrics(server):
+def test_health_metrics_and_logs(server, caplog):
     url, state = server
+    caplog.set_level(logging.INFO, logger="qtts.server.access")
     _post(url, input="Count me.", voice="ryan", max_new_tokens=3, response_format="pcm", seed=1)
+    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "qtts.server.access"]
+    assert logged[-1]["path"] == "/v1/audio/speech" and logged[-1]["status"] == 200
+    assert logged[-1]["finish_reason"] == "length" and logged[-1]["frames"] == 2 and logged[-1]["voice"] == "ryan"
     health = httpx.get(url + "/health").json()
     assert health["status"] == "ok" and health["kind"] == "custom_voice" and "ryan" in health["speakers"]
     text = httpx.get(url + "/metrics").text
@@ -266,3 +272,52 @@ def test_sampling_fields_reach_the_engine(server, tiny_tts):
     expected = np.clip(np.concatenate([c.audio for c in chunks]), -1, 1)
     assert len(tuned) == len(expected) and np.abs(tuned - expected).max() <= 1.5 / 32767
     assert len(default) != len(tuned) or np.abs(default - tuned).max() > 1e-3
+
+
+def test_a_client_leaving_the_queue_frees_its_place(tiny_tts, tmp_path, server):
+    state = ServerState.create(ServerSettings(max_batch=1, max_waiting=4, wait_timeout=60, data_dir=tmp_path),
+                               tts=tiny_tts["custom_voice"])
+    long = {"input": "Holding the slot.", "voice": "ryan", "response_format": "pcm", "max_new_tokens": 4000}
+    with serve(create_app(state)) as url, httpx.Client(timeout=60) as http, \
+            http.stream("POST", url + "/v1/audio/speech", json=long) as busy:
+        held = busy.iter_raw()
+        next(held)
+        with pytest.raises(httpx.ReadTimeout):  # waits for the slot, then gives up and disconnects
+            httpx.post(url + "/v1/audio/speech", json={**long, "max_new_tokens": 3}, timeout=1.0)
+        deadline = time.monotonic() + 5
+        while state.engine.stats()["waiting"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state.engine.stats() | {"frames_total": 0} == {"active": 1, "waiting": 0, "frames_total": 0,
+                                                             "max_batch": 1}
+    assert wait_idle(state.engine)["active"] == 0
+
+
+def test_voices_of_each_model_kind(tiny_tts, tmp_path, server):
+    from qtts import Clone
+
+    design = ServerState.create(ServerSettings(data_dir=tmp_path / "vd"), tts=tiny_tts["voice_design"])
+    body = {"input": "Designed.", "voice": "alloy", "response_format": "pcm", "max_new_tokens": 4}
+    with serve(create_app(design)) as url:
+        described = _post(url, **body, instructions="A calm, low voice.")
+        assert described.status_code == 200 and len(described.content) > 0
+        missing = _post(url, **body)
+        assert missing.status_code == 400 and missing.json()["error"]["param"] == "voice"
+
+    tts = tiny_tts["base"]
+    rng = np.random.default_rng(0)
+    prompt = tts.create_clone_prompt(((rng.standard_normal(24000 * 2) * 0.1).astype(np.float32), 24000),
+                                     "A reference sentence.")
+    clone = ServerState.create(ServerSettings(data_dir=tmp_path / "base"), tts=tts)
+    clone.library.add_clone("ada", prompt)
+    with serve(create_app(clone)) as url:
+        spoken = _post(url, **{**body, "voice": "ada", "seed": 6})
+        assert spoken.status_code == 200, spoken.text
+        chunks = tts.stream("Designed.", voice=Clone(prompt=prompt), seed=6,
+                            options=SynthesisOptions(max_new_tokens=4))
+        expected = np.clip(np.concatenate([c.audio for c in chunks]), -1, 1)
+        got = _pcm(spoken.content)
+        assert len(got) == len(expected) and np.abs(got - expected).max() <= 1.5 / 32767
+        unknown = _post(url, **body)
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "voice"
+        instructed = _post(url, **{**body, "voice": "ada"}, instructions="Whisper.")
+        assert instructed.status_code == 400 and instructed.json()["error"]["param"] == "instructions"
