@@ -29,7 +29,7 @@ SPF = 1920  # samples per frame
 
 @pytest.fixture(scope="module")
 def server(tiny_tts, tmp_path_factory):
-    state = ServerState.create(ServerSettings(max_batch=4, max_input_chars=200,
+    state = ServerState.create(ServerSettings(max_batch=4, max_input_chars=200, max_upload_bytes=50_000,
                                               data_dir=tmp_path_factory.mktemp("voices")),
                                tts=tiny_tts["custom_voice"])
     with serve(create_app(state)) as url:
@@ -187,6 +187,8 @@ def test_client_disconnect_frees_the_slot(server):
     (b'{"input": "hi", "voice": "ryan", "stream_format": "ws"}', 422, "stream_format"),
     (b'{"input": "hi", "voice": "ryan", "max_new_tokens": 0}', 422, "max_new_tokens"),
     (b'{"input": "hi", "voice": "ryan", "volume": 2}', 422, "volume"),
+    (b'{"input": "hi", "voice": {"name": "ryan"}}', 422, "voice"),
+    (b'{"input": "' + b"y" * 60_000 + b'"}', 413, "body"),
 ])
 def test_malformed_requests_get_4xx_naming_the_field(server, body, status, param):
     url, _ = server
@@ -263,7 +265,8 @@ def test_serve_arguments():
 
 def test_sampling_fields_reach_the_engine(server, tiny_tts):
     url, _ = server
-    body = {"input": "Sampling fields.", "voice": "vivian", "max_new_tokens": 6, "response_format": "pcm", "seed": 3}
+    body = {"input": "Sampling fields.", "voice": {"id": "vivian"}, "max_new_tokens": 6, "response_format": "pcm",
+            "seed": 3}
     default = _pcm(_post(url, **body).content)
     tuned = _pcm(_post(url, **body, do_sample=False, repetition_penalty=1.3).content)
     chunks = tiny_tts["custom_voice"].stream(

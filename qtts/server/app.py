@@ -62,6 +62,11 @@ def create_app(config: ServerSettings | ServerState | None = None) -> FastAPI:
         field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         return ApiError(422, f"{field}: {first.get('msg', 'invalid value')}", field).response()
 
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, error: Exception) -> JSONResponse:
+        log.error("unexpected error", exc_info=error)
+        return ApiError(500, f"internal error: {type(error).__name__}: {error}").response()
+
     app.include_router(ops_router(state))
     app.include_router(speech_router(state))
     app.include_router(stream_router(state))

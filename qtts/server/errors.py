@@ -30,7 +30,8 @@ class ApiError(Exception):
 def from_validation(error: ValidationError) -> ApiError:
     """A 422 naming the first invalid field, e.g. ``speed: Input should be greater than 0``."""
     first = error.errors()[0]
-    field = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    loc = first.get("loc", ())
+    field = str(loc[0]) if loc else "body"  # deeper parts are union member names (``voice.str``): not useful
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
         message = "unknown field"

@@ -53,9 +53,16 @@ def busy_error(error: EngineBusy | EngineClosed) -> ApiError:
     return ApiError(503, str(error), None, {"Retry-After": str(max(1, round(retry)))})
 
 
-async def read_json(request: Request) -> Any:
-    """The request body as JSON; a 400 naming ``body`` if it is not."""
-    raw = await request.body()
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON: a 413 naming ``body`` over ``limit`` bytes (also without Content-Length),
+    a 400 naming ``body`` if it is not JSON."""
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, f"body: too large (over {limit} bytes)", "body")
+        parts.append(part)
+    raw = b"".join(parts)
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -141,7 +148,7 @@ def speech_router(state: ServerState) -> APIRouter:
 
     @router.post("/v1/audio/speech")
     async def speech(request: Request) -> Response:
-        req = parse(await read_json(request), state.settings.max_input_chars)
+        req = parse(await read_json(request, state.settings.max_upload_bytes), state.settings.max_input_chars)
         tts, engine = state.tts, state.engine
         try:
             encoder = make_encoder(req.response_format, tts.sample_rate)

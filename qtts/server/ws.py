@@ -48,6 +48,7 @@ class _Connection:
         self.config = StreamConfig()
         self.voice: Any = None
         self.instruct: str | None = None
+        self.resolved = False  # the voice has been resolved (from a config message or the kind's default)
         self.count = 0
         self.session: PreparedSession | None = None
         self.handle: StreamHandle | None = None
@@ -75,14 +76,15 @@ class _Connection:
             raise from_validation(e) from None
         self.voice, self.instruct = await resolve_voice(self.state.tts, self.state.library, config.voice,
                                                         config.instructions)
-        self.config = config
+        self.config, self.resolved = config, True
 
     async def start(self) -> None:
         """Open a new utterance: a text-in session on the engine, and a pump that sends its audio."""
         state, c = self.state, self.config
         options = SynthesisOptions(sampling=c.sampling(), max_new_tokens=c.max_new_tokens)
-        if self.voice is None and self.count == 0 and state.tts.kind != "custom_voice":
-            self.voice, self.instruct = await resolve_voice(state.tts, state.library, c.voice, c.instructions)
+        if not self.resolved:  # no config message: the kind's default voice (an error where there is none)
+            self.voice, self.instruct = await resolve_voice(state.tts, state.library, None, None)
+            self.resolved = True
         try:
             session = await state.engine.run(state.tts.prepare_session, self.voice, c.language, self.instruct,
                                              c.seed, options)
