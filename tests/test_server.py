@@ -324,3 +324,21 @@ def test_voices_of_each_model_kind(tiny_tts, tmp_path, server):
         assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "voice"
         instructed = _post(url, **{**body, "voice": "ada"}, instructions="Whisper.")
         assert instructed.status_code == 400 and instructed.json()["error"]["param"] == "instructions"
+
+
+def test_websocket_disconnect_cancels_the_utterance(server):
+    from websockets.sync.client import connect
+
+    url, state = server
+    before = state.engine.frames_total
+    with connect(url.replace("http", "ws") + "/v1/audio/stream") as ws:
+        ws.send(json.dumps({"type": "config", "voice": "dylan", "seed": 1, "max_new_tokens": 4000}))
+        ws.send(json.dumps({"type": "text", "text": "An utterance that the client walks away from "}))
+        ws.send(json.dumps({"type": "text", "text": "while it is still being spoken."}))
+        ws.send(json.dumps({"type": "flush"}))
+        while not isinstance(ws.recv(timeout=60), bytes):
+            pass
+        assert state.engine.stats()["active"] == 1
+    stats = wait_idle(state.engine, timeout=5)
+    assert stats["active"] == 0 and stats["waiting"] == 0
+    assert state.engine.frames_total - before < 300 and state.engine.finished[-1].finish_reason == "cancelled"
