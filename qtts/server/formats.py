@@ -192,15 +192,20 @@ def av_available() -> bool:
     return True
 
 
+def check_format(fmt: str) -> None:
+    """Raise ``FormatError`` (naming ``response_format``) unless ``fmt`` can be encoded here."""
+    if fmt not in FORMATS:
+        raise FormatError(f"response_format: unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if fmt in _AV_SPECS and not av_available():
+        raise FormatError(f"response_format: {fmt!r} needs PyAV (pip install 'qtts[server]'); "
+                          "pcm and wav work without it")
+
+
 def make_encoder(fmt: str, sample_rate: int) -> Encoder:
     """An incremental encoder for ``fmt`` (one of ``FORMATS``); ``FormatError`` if unknown or unavailable."""
+    check_format(fmt)
     if fmt == "pcm":
         return PcmEncoder()
     if fmt == "wav":
         return WavEncoder(sample_rate)
-    if fmt not in _AV_SPECS:
-        raise FormatError(f"unknown response_format {fmt!r}; valid: {', '.join(FORMATS)}")
-    if not av_available():
-        raise FormatError(f"response_format {fmt!r} needs PyAV (pip install 'qtts[server]'); "
-                          "pcm and wav work without it")
     return AvEncoder(fmt, sample_rate)

@@ -27,7 +27,7 @@ from ..engine import EngineBusy, EngineClosed, StreamHandle
 from ..errors import InputError, QttsError
 from ..runner import AudioChunk
 from .errors import ApiError, from_validation
-from .formats import CONTENT_TYPES, Encoder, FormatError, make_encoder
+from .formats import CONTENT_TYPES, Encoder, FormatError, check_format, make_encoder
 from .schema import SpeechRequest
 from .state import ServerState
 from .voicemap import resolve_voice
@@ -151,9 +151,9 @@ def speech_router(state: ServerState) -> APIRouter:
         req = parse(await read_json(request, state.settings.max_upload_bytes), state.settings.max_input_chars)
         tts, engine = state.tts, state.engine
         try:
-            encoder = make_encoder(req.response_format, tts.sample_rate)
+            check_format(req.response_format)
         except FormatError as e:
-            raise ApiError(400, f"response_format: {e}", "response_format") from None
+            raise ApiError(400, str(e), "response_format") from None
         if req.max_new_tokens is not None and req.max_new_tokens > tts.generation.max_new_tokens:
             raise ApiError(422, f"max_new_tokens: at most {tts.generation.max_new_tokens}", "max_new_tokens")
         voice, instruct = await resolve_voice(tts, state.library, req.voice_name, req.instructions)
@@ -175,6 +175,7 @@ def speech_router(state: ServerState) -> APIRouter:
         if first is None:  # the client left while waiting
             handle.cancel()
             return Response(status_code=499)
+        encoder = make_encoder(req.response_format, tts.sample_rate)
         log_info = request.scope.setdefault("state", {}).setdefault("qtts_log", {})
         log_info.update(voice=req.voice_name, format=req.response_format, stream_format=req.stream_format,
                         chars=len(req.input))
