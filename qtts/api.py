@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .accel import AccelOptions, make_frame_step
 from .codec.tokenizer import SpeechTokenizer
 from .config import GenerationConfig, ModelConfig, SpeechTokenizerConfig, read_json
 from .embed import embed_plan
@@ -26,7 +28,7 @@ from .model.tts import TTSModel
 from .prompt import PromptBuilder, PromptPlan, VoiceSpec, check_mode
 from .quant import QuantSummary, parse_quantize, quantize_int8_
 from .request import Sampling, frame_budget
-from .runner import AudioChunk, ChunkPolicy, Job, SessionText, Sink
+from .runner import AudioChunk, ChunkPolicy, Job, Runner, SessionText, Sink
 from .session import StreamSession
 from .stream import run_job
 from .text import TextTokenizer
@@ -101,6 +103,47 @@ class TTS:
         self.device = model.talker.codec_head.weight.device
         self.dtype = model.talker.codec_head.weight.dtype
         self.quantization: QuantSummary | None = None  # set by from_pretrained(quantize="int8")
+        self.accel = AccelOptions()
+        self._runners: dict[int, list[Runner]] = {}  # idle runners by max_batch (keep captured graphs)
+        self._runners_lock = threading.Lock()
+
+    # ---- runners and acceleration -------------------------------------------------------------------
+
+    def accelerate(self, *, compile: bool = False, cuda_graphs: bool = False, max_frames: int = 2048,
+                   compile_backend: str = "inductor") -> None:
+        """Run the frame step through ``torch.compile`` and/or CUDA graphs (CUDA only), applied from outside
+        the model; ``compile=False, cuda_graphs=False`` returns to eager. Engines and runners made afterwards use
+        it; warm-up and capture happen once per runner (``Engine`` s and the pooled runners of
+        ``stream`` / ``synthesize`` keep theirs). ``max_frames``: cache slots per stream with static shapes;
+        ``compile_backend``: the ``torch.compile`` backend."""
+        options = AccelOptions(bool(compile), bool(cuda_graphs), max_frames, compile_backend)
+        if options.cuda_graphs and self.device.type != "cuda":
+            raise InputError(f"CUDA graphs need a CUDA device; this model is on {self.device.type}")
+        with self._runners_lock:
+            self.accel = options
+            self._runners = {}
+
+    def new_runner(self, max_batch: int = 1, decode: bool = True) -> Runner:
+        """A fresh runner over this model with the current acceleration options."""
+        return Runner(self.model.talker, self.tts_pad(), self.codec.decoder if decode else None, self.sample_rate,
+                      max_batch, make_frame_step(self.model.talker, self.accel))
+
+    def take_runner(self, max_batch: int = 1) -> Runner:
+        """An idle pooled runner with ``max_batch`` slots (or a new one); hand it back with ``give_runner``."""
+        with self._runners_lock:
+            pool = self._runners.get(max_batch)
+            if pool:
+                return pool.pop()
+        return self.new_runner(max_batch)
+
+    def give_runner(self, runner: Runner) -> None:
+        """Return an idle runner to the pool (dropped if it still has jobs or the options changed)."""
+        if not runner.idle or runner.step_fn.static != self.accel.static:
+            return
+        with self._runners_lock:
+            pool = self._runners.setdefault(runner.max_batch, [])
+            if len(pool) < 2:
+                pool.append(runner)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,
@@ -286,7 +329,11 @@ class TTS:
         prepared = [self.prepare(t, v, lang, instruct, s, options)
                     for t, v, lang, s in zip(texts, voices, languages, seeds, strict=True)]
         on_frame = options.on_frame if options else None
-        outs = generate_codes(self.model.talker, [p.stream for p in prepared], self.tts_pad(), on_frame)
+        runner = self.take_runner(len(prepared))
+        try:
+            outs = generate_codes(runner, [p.stream for p in prepared], on_frame)
+        finally:
+            self.give_runner(runner)
         return [Synthesis(self.decode(o.codes, p.ref_codes), self.sample_rate, o.codes, o.finish_reason)
                 for o, p in zip(outs, prepared, strict=True)]
 

@@ -91,3 +91,27 @@ def default_checkpoint(kind: str = "custom_voice") -> Path:
     if not (path / "speech_tokenizer" / "model.safetensors").is_file():
         make_checkpoint("tiny", kind, path, seed=0, overwrite=True)
     return path
+
+
+def random_tts(shape: str = "tiny", kind: str = "custom_voice", device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A ``TTS`` with seeded random weights built in memory (no files but a byte-level tokenizer in a temp
+    folder): for benchmarks at the real shapes without writing gigabytes. Untrained: it produces noise."""
+    from .api import TTS
+    from .codec.tokenizer import SpeechTokenizer
+    from .config import GenerationConfig
+    from .model.tts import TTSModel
+    from .text import TextTokenizer
+
+    cfg = ModelConfig.from_dict(shapes.model_config(shape, kind))
+    codec_cfg = SpeechTokenizerConfig.from_dict(shapes.speech_tokenizer_config(shape))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_byte_tokenizer(Path(tmp))
+        tokenizer = TextTokenizer.from_dir(tmp)
+    model = init_random_(TTSModel(cfg), seed).to(device=device, dtype=dtype).eval()
+    codec = init_random_(SpeechTokenizer(codec_cfg), seed + 1)
+    with torch.no_grad():
+        for p in codec.decoder.decoder[-1].parameters():
+            p.mul_(0.03)
+    codec = codec.to(device=device, dtype=dtype).eval()
+    return TTS(cfg, GenerationConfig.from_dict(shapes.GENERATION_CONFIG), tokenizer, model, codec)

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, QttsError
-from .runner import AudioChunk, ChunkPolicy, Job, Runner
+from .runner import AudioChunk, ChunkPolicy, Job
 
 if TYPE_CHECKING:
     from .api import TTS, Prepared, PreparedSession
@@ -171,8 +171,7 @@ class Engine:
     def __init__(self, tts: TTS, config: EngineConfig | None = None) -> None:
         self.tts = tts
         self.config = config or EngineConfig()
-        self.runner = Runner(tts.model.talker, tts.tts_pad(), tts.codec.decoder, tts.sample_rate,
-                             self.config.max_batch)
+        self.runner = tts.new_runner(self.config.max_batch)
         self._cond = threading.Condition()
         self._inbox: list[tuple[Job, StreamHandle]] = []
         self._calls: list[tuple[Callable[[], Any], concurrent.futures.Future]] = []

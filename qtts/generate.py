@@ -10,6 +10,7 @@ which it knows from its own bookkeeping.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -145,13 +146,25 @@ def _rows(params: SamplingTensors, rows: slice) -> SamplingTensors:
     return SamplingTensors(params.do_sample[rows], params.temperature[rows], params.top_k[rows], params.top_p[rows])
 
 
-def _sample_code0(talker: Talker, state: FrameState, hidden: torch.Tensor, rows: slice) -> torch.Tensor:
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    """The sampling functions the frame step calls (swapped for compiled versions by ``qtts.accel``)."""
+
+    sample: Callable[..., torch.Tensor] = sample
+    code0_logits: Callable[..., torch.Tensor] = process_code0_logits
+
+
+EAGER = Kernels()
+
+
+def _sample_code0(talker: Talker, state: FrameState, hidden: torch.Tensor, rows: slice,
+                  kernels: Kernels = EAGER) -> torch.Tensor:
     """Process and sample code-0 for ``rows`` from talker ``hidden [b, H]``; returns ``[b]``."""
     cfg = talker.cfg
     logits = talker.codec_head(hidden).float()
-    logits = process_code0_logits(logits, state.seen[rows], state.penalty[rows], state.steps[rows],
+    logits = kernels.code0_logits(logits, state.seen[rows], state.penalty[rows], state.steps[rows],
                                   cfg.codec_eos_token_id, cfg.codebook_size)
-    return sample(logits, _rows(state.talker_params, rows), state.seeds[rows], state.steps[rows], 0)
+    return kernels.sample(logits, _rows(state.talker_params, rows), state.seeds[rows], state.steps[rows], 0)
 
 
 @torch.no_grad()
@@ -176,7 +189,7 @@ def prefill(talker: Talker, state: FrameState, row: int, prompt: torch.Tensor, t
     state.active[rows] = True
 
 
-def predict_groups(talker: Talker, state: FrameState) -> torch.Tensor:
+def predict_groups(talker: Talker, state: FrameState, kernels: Kernels = EAGER) -> torch.Tensor:
     """Complete every slot's pending frame: codes ``[B, G]`` (group 0 = the pending code-0)."""
     pred = talker.code_predictor
     caches = state.pred_cache.layers
@@ -191,7 +204,7 @@ def predict_groups(talker: Talker, state: FrameState) -> torch.Tensor:
             h = pred(pred.embed_group(g - 1, codes[-1])[:, None], positions, caches,
                      causal_mask(positions, g + 1))[:, -1]
         logits = pred.logits(g, h).float()
-        codes.append(sample(logits, state.predictor_params, state.seeds, state.steps, g))
+        codes.append(kernels.sample(logits, state.predictor_params, state.seeds, state.steps, g))
     return torch.stack(codes, dim=1)
 
 
@@ -204,15 +217,15 @@ def next_text(state: FrameState) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_frame(talker: Talker, state: FrameState, span: int) -> torch.Tensor:
+def decode_frame(talker: Talker, state: FrameState, span: int, kernels: Kernels = EAGER) -> torch.Tensor:
     """Advance all slots one frame. Returns the completed frames' codes ``[B, G]``; afterwards
     ``state.code0`` holds each slot's next code-0 (EOS ends a stream). ``span`` must exceed every active
     slot's position. Inactive slots are computed but keep their state (a paused slot resumes exactly)."""
-    codes = predict_groups(talker, state)
+    codes = predict_groups(talker, state, kernels)
     x = (frame_embedding(talker, codes) + next_text(state))[:, None]
     positions = state.positions[:, None]
     hidden = talker(x, positions, state.cache.layers, causal_mask(positions, span))[:, -1]
-    code0 = _sample_code0(talker, state, hidden, slice(None))
+    code0 = _sample_code0(talker, state, hidden, slice(None), kernels)
     live = state.active[:, None]
     state.hidden.copy_(torch.where(live, hidden, state.hidden))
     state.code0.copy_(torch.where(state.active, code0, state.code0))

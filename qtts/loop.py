@@ -13,7 +13,6 @@ from collections.abc import Callable
 import torch
 
 from .generate import StreamParams
-from .model.talker import Talker
 from .runner import AudioChunk, ChunkPolicy, Job, Runner
 
 _WHOLE = ChunkPolicy(1 << 30, 1 << 30)  # offline: one chunk at the end
@@ -37,18 +36,23 @@ class StreamOutput:
     finish_reason: str
 
 
-def generate_codes(talker: Talker, streams: list[StreamInput], pad: torch.Tensor,
-                   on_frame: Callable[[int], None] | None = None) -> list[StreamOutput]:
-    """Generate every stream to its end as one batch; ``on_frame(i)`` is called per frame of stream ``i``."""
+def generate_codes(runner: Runner, streams: list[StreamInput], on_frame: Callable[[int], None] | None = None
+                   ) -> list[StreamOutput]:
+    """Generate every stream to its end on ``runner`` (idle, ``max_batch >= 1``; streams beyond its slots wait
+    for one); ``on_frame(i)`` is called per frame of stream ``i``."""
     chunks: list[list[AudioChunk]] = [[] for _ in streams]
-    runner = Runner(talker, pad, None, max_batch=len(streams))
     for i, s in enumerate(streams):
         tick = None if on_frame is None else (lambda i=i: on_frame(i))
         runner.submit(Job(s.params, chunks[i].append, prompt=s.prompt, trailing=s.trailing,
                           max_new_tokens=s.max_new_tokens, policy=_WHOLE, decode=False, on_frame=tick))
-    while not runner.idle:
+    try:
+        while not runner.idle:
+            runner.step()
+    finally:
+        for job in runner.live + runner.waiting:
+            job.cancel()
         runner.step()
-    G = talker.cfg.num_code_groups
+    G = runner.groups
     outs = []
     for got in chunks:
         codes = [c.codes for c in got if c.codes is not None and c.codes.shape[0]]

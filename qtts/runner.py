@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from .accel import FrameStep
 from .codec.decoder import CodecDecoder
 from .errors import InputError
-from .generate import FrameState, StreamParams, decode_frame, prefill
+from .generate import FrameState, StreamParams, prefill
 from .model.talker import Talker
 from .request import frame_budget
 from .textfeed import TextFeed
@@ -152,7 +153,7 @@ class Runner:
     """Drives up to ``max_batch`` jobs through prefill, frame steps and streaming codec decode."""
 
     def __init__(self, talker: Talker, pad: torch.Tensor, decoder: CodecDecoder | None = None,
-                 sample_rate: int = 24000, max_batch: int = 1) -> None:
+                 sample_rate: int = 24000, max_batch: int = 1, step: FrameStep | None = None) -> None:
         if not isinstance(max_batch, int) or max_batch < 1:
             raise InputError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.talker, self.pad, self.decoder, self.max_batch = talker, pad, decoder, max_batch
@@ -160,6 +161,7 @@ class Runner:
         self.groups = talker.cfg.num_code_groups
         self.sample_rate = sample_rate
         self.codec_device = next(decoder.parameters()).device if decoder is not None else None
+        self.step_fn = step or FrameStep(talker)
         self.live: list[Job] = []  # live[i].row == i
         self.waiting: list[Job] = []
         self.state: FrameState | None = None
@@ -256,7 +258,7 @@ class Runner:
         assert prompt is not None and trailing is not None
         P = prompt.shape[0]
         if self.state is None:
-            self.state = FrameState(self.talker, self.max_batch, P + INITIAL_FRAMES)
+            self.state = self.step_fn.allocate(self.max_batch, P + INITIAL_FRAMES)
             self.state.pad.copy_(self.pad)
         state = self.state
         if state.cache.max_len < P + 1:
@@ -298,12 +300,11 @@ class Runner:
         n = len(self.live)
         mask = [job.can_advance() for job in self.live]
         state.active[:n].copy_(torch.tensor(mask))
-        span = max(job.position for job in advancing) + 1
-        if span > state.cache.max_len:
+        needed = max(job.position for job in advancing) + 1
+        if needed > state.cache.max_len:
             state.cache.grow(2 * state.cache.max_len)
-        view = state.head(n)
-        codes = decode_frame(self.talker, view, span)
-        out = torch.cat([codes, view.code0[:, None]], dim=1).cpu()
+        rows = self.step_fn.rows(n, self.max_batch)
+        out = self.step_fn(state, rows, self.step_fn.span(state, needed))[:n].cpu()
         self.frames += 1
         for job in advancing:
             row = out[job.row]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .runner import AudioChunk, ChunkPolicy, Job, Runner
+from .runner import AudioChunk, ChunkPolicy, Job
 
 if TYPE_CHECKING:
     from .api import TTS
@@ -29,7 +29,7 @@ def run_job(tts: TTS, job: Job) -> Iterator[AudioChunk]:
         sink(item)
 
     job.sink = collect
-    runner = Runner(tts.model.talker, tts.tts_pad(), tts.codec.decoder, tts.sample_rate, max_batch=1)
+    runner = tts.take_runner(1)
     runner.submit(job)
     try:
         while not job.finished:
@@ -49,3 +49,4 @@ def run_job(tts: TTS, job: Job) -> Iterator[AudioChunk]:
         if not job.finished:
             job.cancel()
             runner.step()
+        tts.give_runner(runner)

@@ -1,0 +1,130 @@
+"""Frame-step speed of the engine: eager vs compiled vs CUDA-graphed, batch sizes, time to first audio.
+
+Builds a random-weight model of a real shape in memory (``qtts.checkpoint.random_tts``) and, per mode:
+
+- ``capture``: seconds of warm-up / compile / capture on the first frames (once per runner);
+- ``frame_ms[B]``: steady per-frame wall time of a runner step with B live streams (median over frames;
+  includes the one device->host transfer per frame), and ``frames_per_s[B]`` = B / frame time (aggregate
+  audio seconds per wall second = frames_per_s / 12.5);
+- ``ttfa_ms`` / ``rtf``: one stream through ``tts.stream`` (pooled runner, already warm): time to its first
+  chunk (1 frame) and wall time per audio second over the whole stream;
+- ``codes_match``: greedy codes of every accelerated mode equal eager's (same requests).
+
+Usage: ``python bench/frame_speed.py --shape 0.6b --device cuda --dtype bfloat16 --modes eager,graphs``.
+Absolute times only mean something on a GPU; on CPU compare modes within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from qtts import Sampling, Speaker, SynthesisOptions
+from qtts.checkpoint import random_tts
+
+TEXT = "The quick brown fox jumps over the lazy dog, and then it keeps on running far away."
+MODES = {
+    "eager": {},
+    "compile": {"compile": True},
+    "graphs": {"cuda_graphs": True},
+    "compile+graphs": {"compile": True, "cuda_graphs": True},
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def frame_times(tts, batch: int, frames: int, warmup: int) -> tuple[float, float]:
+    """(first-step seconds incl. admission + prefill + capture, median steady frame seconds) for ``batch``
+    streams on a fresh runner."""
+    runner = tts.new_runner(batch)
+    opts = SynthesisOptions(max_new_tokens=frames + warmup + 8)
+    for i in range(batch):
+        prepared = tts.prepare(TEXT, voice=Speaker(tts.speakers[i % len(tts.speakers)]), seed=i, options=opts)
+        runner.submit(prepared.job(lambda _item: None))
+    t0 = time.perf_counter()
+    runner.step()
+    first = time.perf_counter() - t0
+    times = []
+    for k in range(frames + warmup):
+        t0 = time.perf_counter()
+        runner.step()
+        if k >= warmup:
+            times.append(time.perf_counter() - t0)
+    for job in runner.live + runner.waiting:
+        job.cancel()
+    runner.step()
+    return first, statistics.median(times)
+
+
+def stream_once(tts, frames: int) -> tuple[float, float, torch.Tensor]:
+    """(ttfa s, rtf, codes) of one greedy stream of ``frames`` frames."""
+    opts = SynthesisOptions(max_new_tokens=frames + 1, sampling=Sampling.greedy())
+    t0 = time.perf_counter()
+    chunks = list(tts.stream(TEXT, voice=Speaker(tts.speakers[0]), seed=0, options=opts))
+    wall = time.perf_counter() - t0
+    audio = sum(len(c.audio) for c in chunks) / tts.sample_rate
+    return chunks[0].elapsed, wall / audio, torch.cat([c.codes for c in chunks])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="tiny")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--modes", default="eager,graphs")
+    ap.add_argument("--batches", default="1,4,8")
+    ap.add_argument("--frames", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    batches = [int(b) for b in args.batches.split(",")]
+    t0 = time.perf_counter()
+    tts = random_tts(args.shape, "custom_voice", device, dtype)
+    report: dict = {
+        "shape": args.shape, "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+        "dtype": args.dtype, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "build_s": round(time.perf_counter() - t0, 1), "modes": {},
+    }
+    print(json.dumps({k: v for k, v in report.items() if k != "modes"}), flush=True)
+    reference = None
+    for mode in args.modes.split(","):
+        tts.accelerate(**MODES[mode], max_frames=512)
+        entry: dict = {"frame_ms": {}, "frames_per_s": {}, "first_step_s": {}}
+        for b in batches:
+            first, steady = frame_times(tts, b, args.frames, warmup=3)
+            entry["first_step_s"][b] = round(first, 3)
+            entry["frame_ms"][b] = round(1000 * steady, 3)
+            entry["frames_per_s"][b] = round(b / steady, 1)
+            print(mode, b, entry["frame_ms"][b], "ms/frame", flush=True)
+        stream_once(tts, 8)  # warm the pooled single-stream runner (capture happens here, once)
+        ttfa, rtf, codes = stream_once(tts, args.frames)
+        entry["ttfa_ms"] = round(1000 * ttfa, 2)
+        entry["rtf"] = round(rtf, 4)
+        entry["x_realtime"] = round(1 / rtf, 2)
+        if reference is None:
+            reference = codes
+        entry["codes_match_eager"] = bool(torch.equal(codes, reference))
+        report["modes"][mode] = entry
+        print(mode, json.dumps(entry), flush=True)
+    _sync(device)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

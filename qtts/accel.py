@@ -1,0 +1,174 @@
+"""Acceleration applied from outside the model: the frame step as eager, ``torch.compile`` d or CUDA-graphed.
+
+A *frame step* runs ``generate.decode_frame`` on slots ``0..b-1`` of a ``FrameState`` and returns
+``[b, G + 1]`` (the completed frames' codes and each slot's next code-0) on the device. The runner calls
+it once per frame. Three implementations, chosen by ``AccelOptions``:
+
+- ``FrameStep`` (eager): the reference. Attention reads exactly the cache slots in use (``span``).
+- ``compile=True``: regional ``torch.compile`` of the transformer blocks and the sampling functions (one
+  graph per block shape, reused by every layer: fast to compile); attention reads the whole static cache
+  (masked), so frame shapes stay fixed and nothing recompiles per frame.
+- ``cuda_graphs=True`` (CUDA only): one CUDA graph per batch-size bucket (1, 2, 4, 8, ... up to
+  ``max_batch``), captured once per runner over its preallocated state and replayed every frame; rows
+  beyond the live ones are free slots (inactive: computed, never advanced). A reallocated cache or text
+  buffer (rare: only past ``max_frames``) triggers a re-capture.
+
+Warm-up and capture happen on the first frame of each bucket, once per runner (an ``Engine`` keeps its
+runner for its lifetime); ``capture_seconds`` records their cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import torch
+
+from .errors import InputError
+from .generate import EAGER, FrameState, Kernels, decode_frame
+from .model.talker import Talker
+from .sampling import process_code0_logits, sample
+
+
+@dataclasses.dataclass(frozen=True)
+class AccelOptions:
+    """``compile``: ``torch.compile`` the frame step; ``cuda_graphs``: capture it in CUDA graphs (CUDA only);
+    ``max_frames``: cache slots preallocated per stream when shapes are static (prompt + generated frames)."""
+
+    compile: bool = False
+    cuda_graphs: bool = False
+    max_frames: int = 2048
+    compile_backend: str = "inductor"  # "eager" / "aot_eager" trace without code generation (tests)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_frames, int) or self.max_frames < 64:
+            raise InputError(f"max_frames must be an integer >= 64, got {self.max_frames!r}")
+
+    @property
+    def static(self) -> bool:
+        return self.compile or self.cuda_graphs
+
+
+def _frame(talker: Talker, state: FrameState, span: int, kernels: Kernels = EAGER) -> torch.Tensor:
+    codes = decode_frame(talker, state, span, kernels)
+    return torch.cat([codes, state.code0[:, None]], dim=1)
+
+
+def _blocks(talker: Talker) -> list[torch.nn.Module]:
+    return [*talker.model.layers, *talker.code_predictor.model.layers]
+
+
+def compile_regions(talker: Talker, backend: str) -> Kernels:
+    """Regional compilation: every transformer block (one compiled graph per block shape, shared by all the
+    layers of that shape) and the sampling functions. Fuses the many small element-wise ops of norms, RoPE,
+    SwiGLU and sampling; compiles in a fraction of the time of the whole frame."""
+    for block in _blocks(talker):
+        block.compile(backend=backend)
+    return Kernels(sample=torch.compile(sample, backend=backend),
+                   code0_logits=torch.compile(process_code0_logits, backend=backend))
+
+
+def uncompile_regions(talker: Talker) -> None:
+    """Undo ``compile_regions`` (the blocks run eagerly again)."""
+    for block in _blocks(talker):
+        block._compiled_call_impl = None
+
+
+class FrameStep:
+    """Eager frame step (the reference path)."""
+
+    static = False
+
+    def __init__(self, talker: Talker) -> None:
+        self.talker = talker
+        self.capture_seconds = 0.0
+
+    def allocate(self, batch: int, min_len: int) -> FrameState:
+        """The runner's frame state: ``batch`` slots, at least ``min_len`` cache slots each."""
+        return FrameState(self.talker, batch, min_len)
+
+    def rows(self, n: int, batch: int) -> int:
+        """Slots the step runs for ``n`` live slots (eager: exactly ``n``)."""
+        return n
+
+    def span(self, state: FrameState, needed: int) -> int:
+        """Cache slots attention reads (eager: those in use)."""
+        return needed
+
+    @torch.no_grad()
+    def __call__(self, state: FrameState, rows: int, span: int) -> torch.Tensor:
+        return _frame(self.talker, state.head(rows), span)
+
+
+class StaticFrameStep(FrameStep):
+    """Fixed shapes: whole-cache attention, batch-size buckets, preallocated state; optionally compiled and/or
+    CUDA-graphed."""
+
+    static = True
+
+    def __init__(self, talker: Talker, options: AccelOptions) -> None:
+        super().__init__(talker)
+        device = talker.codec_head.weight.device
+        if options.cuda_graphs and device.type != "cuda":
+            raise InputError(f"CUDA graphs need a CUDA device; the model is on {device.type}")
+        self.options = options
+        kernels = compile_regions(talker, options.compile_backend) if options.compile else EAGER
+        self.fn = functools.partial(_frame, kernels=kernels)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
+
+    def allocate(self, batch: int, min_len: int) -> FrameState:
+        return FrameState(self.talker, batch, max(min_len, self.options.max_frames), text_cap=512)
+
+    def rows(self, n: int, batch: int) -> int:
+        bucket = 1
+        while bucket < n:
+            bucket *= 2
+        return min(bucket, batch)
+
+    def span(self, state: FrameState, needed: int) -> int:
+        return state.cache.max_len
+
+    @torch.no_grad()
+    def __call__(self, state: FrameState, rows: int, span: int) -> torch.Tensor:
+        if not self.options.cuda_graphs:
+            return self.fn(self.talker, state.head(rows), span)
+        key = (state.cache.k.data_ptr(), state.text.data_ptr(), span)
+        entry = self.graphs.get(rows)
+        if entry is None or entry[2] != key:
+            entry = self._capture(state, rows, span, key)
+            self.graphs[rows] = entry
+        graph, out, _ = entry
+        graph.replay()
+        return out
+
+    def _capture(self, state: FrameState, rows: int, span: int, key: tuple
+                 ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]:
+        """Warm up (with every slot paused, so no stream advances) and capture the step for ``rows`` slots."""
+        t0 = time.perf_counter()
+        view = state.head(rows)
+        active = view.active.clone()
+        view.active.zero_()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.fn(self.talker, view, span)
+        torch.cuda.current_stream().wait_stream(stream)
+        view.active.copy_(active)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads (e.g. an HTTP layer copying audio) may use CUDA while this one captures.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = self.fn(self.talker, view, span)
+        torch.cuda.synchronize()
+        self.capture_seconds += time.perf_counter() - t0
+        return graph, out, key
+
+
+def make_frame_step(talker: Talker, options: AccelOptions | None) -> FrameStep:
+    """The frame step for ``options`` (None or all off: eager; compiled blocks are switched back to eager)."""
+    if options is None or not options.compile:
+        uncompile_regions(talker)
+    if options is None or not options.static:
+        return FrameStep(talker)
+    return StaticFrameStep(talker, options)

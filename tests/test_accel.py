@@ -1,0 +1,82 @@
+"""Acceleration from outside the model: static / compiled / CUDA-graphed frame steps give eager's codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qtts import TTS, ChunkPolicy, InputError, Speaker, SynthesisOptions
+from qtts.engine import Engine, EngineConfig
+
+TEXTS = ["Static shapes give the same codes.", "A second stream, longer than the first one.", "Third."]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _run(tts: TTS, max_batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Three streams (sampled, different seeds and budgets) through an engine with ``max_batch`` slots."""
+    results = []
+    prepared = [tts.prepare(t, voice=Speaker(s), seed=i, options=SynthesisOptions(max_new_tokens=b))
+                for i, (t, s, b) in enumerate(zip(TEXTS, ["ryan", "serena", "eric"], [14, 20, 9], strict=True))]
+    with Engine(tts, EngineConfig(max_batch=max_batch)) as engine:
+        handles = [engine.submit(p, ChunkPolicy(2, 4)) for p in prepared]
+        for h in handles:
+            chunks = list(h)
+            results.append((np.concatenate([c.audio for c in chunks]), np.concatenate([c.codes for c in chunks])))
+    return results
+
+
+def _compare(got, expected, atol: float) -> None:
+    for (audio, codes), (exp_audio, exp_codes) in zip(got, expected, strict=True):
+        assert np.array_equal(codes, exp_codes)
+        assert np.abs(audio - exp_audio).max() <= atol
+
+
+def _fresh(path, device: str) -> TTS:
+    return TTS.from_pretrained(path, device=device, dtype="float32")
+
+
+def test_compiled_static_step_equals_eager(tiny_checkpoints):
+    """Dynamo-traced step with whole-cache attention and batch buckets (3 streams run as a bucket of 4)."""
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
+    expected = _run(tts, 1)
+    tts.accelerate(compile=True, compile_backend="eager", max_frames=128)
+    _compare(_run(tts, 4), expected, 1e-5)
+    whole = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=SynthesisOptions(max_new_tokens=14))
+    assert np.array_equal(whole.codes.numpy(), expected[0][1])
+
+
+def test_accelerate_validation(tiny_tts):
+    tts = tiny_tts["custom_voice"]
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA graphs"):
+            tts.accelerate(cuda_graphs=True)
+    with pytest.raises(InputError, match="max_frames"):
+        tts.accelerate(compile=True, max_frames=3)
+    assert not tts.accel.static
+
+
+@cuda
+@pytest.mark.gpu
+def test_cuda_graphs_equal_eager(tiny_checkpoints):
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cuda")
+    expected = _run(tts, 1)
+    tts.accelerate(cuda_graphs=True, max_frames=128)
+    _compare(_run(tts, 4), expected, 1e-4)
+    # A pooled runner keeps its graphs: the second synthesis captures nothing new.
+    opts = SynthesisOptions(max_new_tokens=14)
+    a = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=opts)
+    runner = tts._runners[1][0]
+    captured = runner.step_fn.capture_seconds
+    b = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=opts)
+    assert runner.step_fn.capture_seconds == captured
+    assert torch.equal(a.codes, b.codes) and np.array_equal(a.codes.numpy(), expected[0][1])
+
+
+@cuda
+@pytest.mark.gpu
+def test_compiled_cuda_graphs_equal_eager(tiny_checkpoints):
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cuda")
+    expected = _run(tts, 1)
+    tts.accelerate(compile=True, cuda_graphs=True, max_frames=128)
+    _compare(_run(tts, 4), expected, 1e-4)
