@@ -205,8 +205,14 @@ def test_health_metrics_and_logs(server, caplog):
     url, state = server
     caplog.set_level(logging.INFO, logger="qtts.server.access")
     _post(url, input="Count me.", voice="ryan", max_new_tokens=3, response_format="pcm", seed=1)
-    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "qtts.server.access"]
-    assert logged[-1]["path"] == "/v1/audio/speech" and logged[-1]["status"] == 200
+    deadline = time.monotonic() + 5  # the line is written just after the response's last byte
+    while time.monotonic() < deadline:
+        logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "qtts.server.access"]
+        logged = [line for line in logged if line["path"] == "/v1/audio/speech"]
+        if logged:
+            break
+        time.sleep(0.02)
+    assert logged and logged[-1]["status"] == 200 and logged[-1]["chars"] == len("Count me.")
     assert logged[-1]["finish_reason"] == "length" and logged[-1]["frames"] == 2 and logged[-1]["voice"] == "ryan"
     health = httpx.get(url + "/health").json()
     assert health["status"] == "ok" and health["kind"] == "custom_voice" and "ryan" in health["speakers"]
