@@ -74,6 +74,9 @@ class _Connection:
             config = StreamConfig.model_validate(data)
         except ValidationError as e:
             raise from_validation(e) from None
+        most = self.state.tts.generation.max_new_tokens
+        if config.max_new_tokens is not None and config.max_new_tokens > most:
+            raise ApiError(422, f"max_new_tokens: at most {most}", "max_new_tokens")
         self.voice, self.instruct = await resolve_voice(self.state.tts, self.state.library, config.voice,
                                                         config.instructions)
         self.config, self.resolved = config, True
@@ -92,7 +95,7 @@ class _Connection:
         except QttsError as e:
             raise _as_api(e) from None
         self.session, self.handle, self.chars = session, handle, 0
-        self.handles.append(handle)
+        self.handles = [h for h in self.handles if h.stats is None] + [handle]
         self.pump = asyncio.create_task(self._pump(self.count, handle, self.pump))
         self.count += 1
 
@@ -128,9 +131,8 @@ class _Connection:
         self.session, self.handle = None, None
 
     async def _pump(self, index: int, handle: StreamHandle, previous: asyncio.Task | None) -> None:
-        if previous is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await previous
+        if previous is not None:  # speak in order; our own cancellation still propagates
+            await asyncio.wait({previous})
         try:
             await self.send({"type": "started", "utterance": index})
             async for chunk in handle:
