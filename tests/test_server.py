@@ -220,7 +220,8 @@ def test_health_metrics_and_logs(server, caplog):
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert int(lines["qtts_time_to_first_audio_seconds_count"]) >= 1
     assert int(lines['qtts_real_time_factor_bucket{le="+Inf"}']) >= 1
-    assert int(lines["qtts_frames_total"]) == state.engine.frames_total > 0
+    assert int(lines["qtts_frame_steps_total"]) == state.engine.frames_total > 0
+    assert int(lines["qtts_frames_total"]) == sum(s.frames for s in state.engine.finished) >= 2
     assert lines["qtts_active_streams"] == "0" and lines["qtts_queued_streams"] == "0"
     assert int(lines['qtts_http_requests_total{method="POST",route="/v1/audio/speech",status="200"}']) >= 1
 
