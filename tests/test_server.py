@@ -63,6 +63,12 @@ def test_openai_sdk_streaming_equals_the_library(server, tiny_tts):
     got = _pcm(data)
     assert len(got) == len(expected) > 0
     assert np.abs(got - np.clip(expected, -1, 1)).max() <= 1.5 / 32767
+    whole = client.audio.speech.create(model="tts-1", voice="ryan", input="Hello from the server.",
+                                       response_format="wav", extra_body={"seed": 11, "max_new_tokens": 12})
+    audio, rate = sf.read(io.BytesIO(whole.read()), dtype="float32")
+    assert rate == 24000 and np.abs(audio - got).max() <= 1.5 / 32767
+    missing = httpx.get(url + "/v1/nothing-here")
+    assert missing.status_code == 404 and "error" in missing.json()
 
 
 def test_sse_events_join_to_the_audio_stream(server):
@@ -241,6 +247,9 @@ def test_api_key_and_admission_control(tiny_tts, tmp_path, server):
         assert wrong.status_code == 401
         with pytest.raises(InvalidStatus):
             connect(url.replace("http", "ws") + "/v1/audio/stream").close()
+        with connect(url.replace("http", "ws") + "/v1/audio/stream?api_key=s3cret") as ws:  # browsers: no headers
+            ws.send(json.dumps({"type": "flush"}))
+            assert json.loads(ws.recv(timeout=30))["param"] == "type"
         client = openai.OpenAI(base_url=url + "/v1", api_key="s3cret")
         with client.audio.speech.with_streaming_response.create(model="m", voice="ryan", input="Key accepted.",
                                                                 response_format="pcm") as ok:

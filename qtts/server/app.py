@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import ApiError
 from .middleware import AccessMiddleware
@@ -61,6 +62,10 @@ def create_app(config: ServerSettings | ServerState | None = None) -> FastAPI:
         first = error.errors()[0] if error.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         return ApiError(422, f"{field}: {first.get('msg', 'invalid value')}", field).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return ApiError(error.status_code, str(error.detail), None, dict(error.headers or {})).response()
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, error: Exception) -> JSONResponse:

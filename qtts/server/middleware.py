@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from .errors import ApiError
 from .state import ServerState
@@ -37,6 +38,10 @@ class AccessMiddleware:
             return True
         given = _header(scope, b"authorization") or ""
         scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" and scope["type"] == "websocket":
+            # browsers cannot set headers on a WebSocket: accept ?api_key=KEY there
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            scheme, token = "bearer", (query.get("api_key") or [""])[0]
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
 
     def _too_large(self, scope: Scope) -> ApiError | None:
