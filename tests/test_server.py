@@ -237,7 +237,7 @@ def test_api_key_and_admission_control(tiny_tts, tmp_path, server):
     from websockets.sync.client import connect
 
     state = ServerState.create(ServerSettings(api_key="s3cret", max_batch=1, max_waiting=1, wait_timeout=0.3,
-                                              data_dir=tmp_path), tts=tiny_tts["custom_voice"])
+                                              text_timeout=0.5, data_dir=tmp_path), tts=tiny_tts["custom_voice"])
     body = {"input": "Guarded.", "voice": "ryan", "response_format": "pcm", "max_new_tokens": 2}
     with serve(create_app(state)) as url:
         assert httpx.get(url + "/health").status_code == 200  # operations stay open
@@ -250,6 +250,14 @@ def test_api_key_and_admission_control(tiny_tts, tmp_path, server):
         with connect(url.replace("http", "ws") + "/v1/audio/stream?api_key=s3cret") as ws:  # browsers: no headers
             ws.send(json.dumps({"type": "flush"}))
             assert json.loads(ws.recv(timeout=30))["param"] == "type"
+            ws.send(json.dumps({"type": "config", "max_new_tokens": 4000}))
+            ws.send(json.dumps({"type": "text", "text": "Then the client goes quiet"}))
+            while True:  # audio may come first; the idle utterance is then cancelled
+                message = ws.recv(timeout=30)
+                if isinstance(message, str) and json.loads(message)["type"] == "error":
+                    break
+            assert json.loads(message)["param"] == "text" and "cancelled" in json.loads(message)["message"]
+            assert wait_idle(state.engine)["active"] == 0
         client = openai.OpenAI(base_url=url + "/v1", api_key="s3cret")
         with client.audio.speech.with_streaming_response.create(model="m", voice="ryan", input="Key accepted.",
                                                                 response_format="pcm") as ok:

@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="streams advanced together per frame step")
     p.add_argument("--max-waiting", type=int, default=64, help="requests queued for a slot before 503")
     p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds a request may wait for a slot")
+    p.add_argument("--text-timeout", type=float, default=60.0,
+                   help="seconds a WebSocket utterance may wait for more text before it is cancelled")
     p.add_argument("--max-input-chars", type=int, default=4096)
     p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024)
     p.add_argument("--data-dir", help="voice library folder (default $QTTS_HOME/voices or ~/.cache/qtts/voices)")
@@ -36,7 +38,7 @@ def settings_from_args(args: argparse.Namespace):
         model=args.model, kind=args.kind or "custom_voice", device=args.device, dtype=args.dtype, quantize=quantize,
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get("QTTS_API_KEY") or None,
         max_input_chars=args.max_input_chars, max_upload_bytes=args.max_upload_bytes, max_batch=args.max_batch,
-        max_waiting=args.max_waiting, wait_timeout=args.wait_timeout,
+        max_waiting=args.max_waiting, wait_timeout=args.wait_timeout, text_timeout=args.text_timeout,
         data_dir=Path(args.data_dir) if args.data_dir else default_data_dir(), model_name=args.model_name,
     )
 

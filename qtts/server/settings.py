@@ -19,12 +19,13 @@ class ServerSettings:
     """Server configuration.
 
     ``model``: checkpoint folder or Hugging Face repo id (None: the offline tiny demo checkpoint of ``kind``);
-    ``device`` / ``dtype``: as ``TTS.from_pretrained``; ``api_key``: when set, ``/v1/*`` needs
-    ``Authorization: Bearer <api_key>``; ``max_input_chars``: longest ``input`` (and per-utterance WebSocket
-    text); ``max_upload_bytes``: largest voice upload; ``max_batch`` / ``max_waiting`` / ``wait_timeout``:
-    the engine's admission control (streams per frame step, requests queued for a slot, seconds a request may
-    wait); ``data_dir``: the voice library folder; ``model_name``: the name reported and accepted as ``model``
-    (default: the checkpoint folder's name).
+    ``device`` / ``dtype`` / ``quantize``: as ``TTS.from_pretrained``; ``api_key``: when set, ``/v1/*`` needs
+    ``Authorization: Bearer <api_key>``; ``max_input_chars``: longest ``input`` (and WebSocket utterance);
+    ``max_upload_bytes``: largest request body (voice uploads); ``max_batch`` / ``max_waiting`` /
+    ``wait_timeout``: the engine's admission control (streams per frame step, requests queued for a slot,
+    seconds a request may wait for one); ``text_timeout``: seconds a WebSocket utterance may wait for its next
+    text before it is cancelled (an idle client must not hold a batch slot forever); ``data_dir``: the voice
+    library folder; ``model_name``: the name reported by ``/v1/models`` (default: the checkpoint folder's name).
     """
 
     model: str | None = None
@@ -40,6 +41,7 @@ class ServerSettings:
     max_batch: int = 8
     max_waiting: int = 64
     wait_timeout: float = 30.0
+    text_timeout: float = 60.0
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
     model_name: str | None = None
 
@@ -50,8 +52,9 @@ class ServerSettings:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
             raise InputError(f"port must be in 0..65535, got {self.port!r}")
-        if not self.wait_timeout > 0:
-            raise InputError(f"wait_timeout must be > 0, got {self.wait_timeout!r}")
+        for name in ("wait_timeout", "text_timeout"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.kind not in ("base", "custom_voice", "voice_design"):
             raise InputError(f"kind must be base, custom_voice or voice_design, got {self.kind!r}")
         if self.api_key is not None and not self.api_key.strip():

@@ -6,7 +6,8 @@ Client -> server (JSON text messages):
   "max_new_tokens": ...}`` — optional, before an utterance's first text; applies to the following utterances
   (the voice is kept across utterances). Voices map as in ``POST /v1/audio/speech``.
 * ``{"type": "text", "text": "..."}`` — a piece of text; the first piece after a flush starts an utterance.
-* ``{"type": "flush"}`` — the utterance's text is complete; it is spoken to the end.
+* ``{"type": "flush"}`` — the utterance's text is complete; it is spoken to the end. An utterance that gets
+  no message for ``ServerSettings.text_timeout`` seconds before its flush is cancelled (error on ``text``).
 * ``{"type": "cancel"}`` — stop the current utterance now.
 
 Server -> client: ``{"type": "started", "utterance": n}``; per audio chunk a binary message (PCM s16le,
@@ -125,6 +126,10 @@ class _Connection:
         self.session.feed.end()
         self.session, self.handle = None, None
 
+    def idle_limit(self) -> float | None:
+        """Seconds to wait for the next message: bounded while an utterance waits for text."""
+        return self.state.settings.text_timeout if self.session is not None else None
+
     def cancel(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
@@ -201,7 +206,13 @@ def stream_router(state: ServerState) -> APIRouter:
         conn = _Connection(ws, state)
         try:
             while True:
-                message = await ws.receive()
+                try:
+                    message = await asyncio.wait_for(ws.receive(), conn.idle_limit())
+                except asyncio.TimeoutError:
+                    conn.cancel()
+                    limit = state.settings.text_timeout
+                    await conn.error(f"text: no text for {limit:g} s; the utterance was cancelled", "text")
+                    continue
                 if message["type"] == "websocket.disconnect":
                     break
                 if message.get("text") is None:
