@@ -301,21 +301,39 @@ def test_sampling_fields_reach_the_engine(server, tiny_tts):
     assert len(default) != len(tuned) or np.abs(default - tuned).max() > 1e-3
 
 
-def test_a_client_leaving_the_queue_frees_its_place(tiny_tts, tmp_path, server):
-    state = ServerState.create(ServerSettings(max_batch=1, max_waiting=4, wait_timeout=60, data_dir=tmp_path),
+def test_a_full_queue_refuses_and_a_client_leaving_it_frees_its_place(tiny_tts, tmp_path, server):
+    import threading
+
+    state = ServerState.create(ServerSettings(max_batch=1, max_waiting=1, wait_timeout=60, data_dir=tmp_path),
                                tts=tiny_tts["custom_voice"])
     long = {"input": "Holding the slot.", "voice": "ryan", "response_format": "pcm", "max_new_tokens": 4000}
+    waiter_error: list[BaseException] = []
+
+    def wait_then_leave(url: str) -> None:  # waits for the slot, then gives up and disconnects
+        try:
+            httpx.post(url + "/v1/audio/speech", json={**long, "max_new_tokens": 3}, timeout=2.0)
+        except httpx.ReadTimeout as e:
+            waiter_error.append(e)
+
     with serve(create_app(state)) as url, httpx.Client(timeout=60) as http, \
             http.stream("POST", url + "/v1/audio/speech", json=long) as busy:
         held = busy.iter_raw()
         next(held)
-        with pytest.raises(httpx.ReadTimeout):  # waits for the slot, then gives up and disconnects
-            httpx.post(url + "/v1/audio/speech", json={**long, "max_new_tokens": 3}, timeout=1.0)
+        waiter = threading.Thread(target=wait_then_leave, args=(url,))
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while state.engine.stats()["waiting"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        refused = http.post(url + "/v1/audio/speech", json=long)  # the queue (max_waiting=1) is full
+        assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+        assert "queued" in refused.json()["error"]["message"]
+        waiter.join(timeout=30)
+        assert waiter_error, "the waiting request should still have been waiting"
         deadline = time.monotonic() + 5
         while state.engine.stats()["waiting"] and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert state.engine.stats() | {"frames_total": 0} == {"active": 1, "waiting": 0, "frames_total": 0,
-                                                             "max_batch": 1}
+        stats = state.engine.stats()
+        assert (stats["active"], stats["waiting"]) == (1, 0)  # the long stream still runs; the queue is empty
     assert wait_idle(state.engine)["active"] == 0
 
 
