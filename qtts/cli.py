@@ -1,4 +1,5 @@
-"""Command line: ``qtts speak``, ``qtts clone-prompt``, ``qtts make-checkpoint``, ``qtts serve``.
+"""Command line: ``qtts speak``, ``qtts clone-prompt``, ``qtts make-checkpoint``, ``qtts serve``,
+``qtts profile``.
 
 Without ``--model`` the commands use the offline demo checkpoint: a tiny, seeded, *untrained* random model
 generated on first use — it runs anywhere in seconds but sounds like noise.
@@ -178,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(sv)
     _model_args(sv)
     sv.set_defaults(func=cmd_serve)
+
+    from . import profile
+
+    pf = sub.add_parser("profile", help="time one synthesis by component (prefill, talker, predictor, sampling, "
+                        "codec)")
+    profile.add_arguments(pf)
+    _model_args(pf)
+    pf.set_defaults(func=profile.cmd_profile)
     return parser
 
 

@@ -1,0 +1,281 @@
+"""Where the time of one synthesis goes: prepare, prefill, talker, predictor, sampling, codec (``qtts profile``).
+
+``profile_synthesis`` runs one request through the same model pieces, in the same order, as
+``generate.prefill`` / ``generate.decode_frame`` and the runner's streaming codec decode, with a timer around
+each piece (and ``torch.cuda.synchronize()`` at each boundary on CUDA, so a piece's time is its own):
+
+* ``prepare``: prompt building (``TTS.prepare``: text, voice, embeddings of the prompt);
+* ``prefill``: frame-state allocation and ``generate.prefill`` (the prompt pass and the first code-0);
+* ``talker``: the talker transformer over the completed frame, plus its ``codec_head`` (code-0 logits);
+* ``predictor``: the code predictor's 15 transformer passes and its 15 group heads;
+* ``sampling``: the code-0 logit rules and the 16 ``sample`` calls;
+* ``other``: the frame embedding, the next text vector and the state updates of the frame step;
+* ``codec``: streaming ``decode_step`` calls in the runner's chunk sizes (1, 2, 4, 8, 8, ... frames).
+
+The parts are timed independently of the whole (the wall time from ``prepare`` to the last decode), so
+their sum falling short of the whole shows untimed work. ``plain_frame_s`` (optional) is the median time of
+the unmodified ``generate.decode_frame`` on the same state, to show what the instrumentation costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .embed import frame_embedding
+from .generate import FrameState, decode_frame, next_text, prefill
+from .model.cache import causal_mask
+from .request import Sampling
+from .runner import ChunkPolicy
+from .sampling import process_code0_logits, sample
+
+PARTS = ("prepare", "prefill", "talker", "predictor", "sampling", "other", "codec")
+FRAME_PARTS = ("talker", "predictor", "sampling", "other")
+TEXT = "The quick brown fox jumps over the lazy dog, and then it keeps on running far away."
+
+
+class Timer:
+    """Accumulates wall and process-CPU seconds per named part; syncs CUDA at both ends of each piece."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.wall = dict.fromkeys(PARTS, 0.0)
+        self.cpu = dict.fromkeys(PARTS, 0.0)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    @contextlib.contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        # The CPU clock is a system call, where a busy machine tends to switch tasks: it is read *inside* the
+        # wall interval, so time lost there is charged to the part rather than left between the parts.
+        self.sync()
+        wall = time.perf_counter()
+        cpu = time.process_time()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.cpu[part] += time.process_time() - cpu
+            self.wall[part] += time.perf_counter() - wall
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Seconds per part (totals over the run, wall and process CPU) and the independently measured whole.
+
+    ``frames``: frames generated per stream; ``batch``: streams; ``codec_first_s``: the first (1-frame)
+    streaming decode; ``plain_frame_s``: median wall seconds of an unmodified ``decode_frame`` (or None);
+    ``codes``: the generated codes ``[batch, frames, G]`` (not part of ``to_dict``)."""
+
+    device: str
+    dtype: str
+    quantize: str
+    threads: int
+    batch: int
+    frames: int
+    prompt_len: int
+    wall: dict[str, float]
+    cpu: dict[str, float]
+    whole_wall: float
+    whole_cpu: float
+    codec_first_s: float
+    plain_frame_s: float | None = None
+    codes: torch.Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def frame_wall(self) -> float:
+        """Wall seconds of one frame step (talker + predictor + sampling + other), mean over the frames."""
+        return sum(self.wall[p] for p in FRAME_PARTS) / self.frames
+
+    def per_frame(self, part: str) -> float:
+        """Mean wall seconds of ``part`` per frame (prepare and prefill: per request, not per frame)."""
+        return self.wall[part] / (1 if part in ("prepare", "prefill") else self.frames)
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "codes"}
+        out["wall"], out["cpu"] = dict(self.wall), dict(self.cpu)
+        out["per_frame_wall"] = {p: self.per_frame(p) for p in PARTS}
+        out["frame_wall"] = self.frame_wall
+        out["parts_sum_wall"] = sum(self.wall.values())
+        return out
+
+    def table(self) -> str:
+        """A plain-text table: per part the total, the per-frame mean and the share of the whole."""
+        head = (f"{self.device}, {self.dtype}, quantize={self.quantize}, {self.threads} thread(s), batch "
+                f"{self.batch}, prompt {self.prompt_len} vectors, {self.frames} frames")
+        rows = [f"{'part':<10} {'total ms':>10} {'CPU ms':>10} {'ms/frame':>10} {'share':>7}"]
+        for p in PARTS:
+            per = "" if p in ("prepare", "prefill") else f"{1000 * self.per_frame(p):10.2f}"
+            rows.append(f"{p:<10} {1000 * self.wall[p]:10.2f} {1000 * self.cpu[p]:10.2f} {per:>10} "
+                        f"{self.wall[p] / self.whole_wall:7.1%}")
+        parts = sum(self.wall.values())
+        rows.append(f"{'sum':<10} {1000 * parts:10.2f} {1000 * sum(self.cpu.values()):10.2f}")
+        rows.append(f"{'whole':<10} {1000 * self.whole_wall:10.2f} {1000 * self.whole_cpu:10.2f}")
+        rows.append(f"frame step {1000 * self.frame_wall:.2f} ms/frame; first 1-frame codec decode "
+                    f"{1000 * self.codec_first_s:.2f} ms")
+        if self.plain_frame_s is not None:
+            rows.append(f"uninstrumented decode_frame: {1000 * self.plain_frame_s:.2f} ms/frame (median)")
+        return "\n".join([head, *rows])
+
+
+def _frame(talker, state: FrameState, span: int, timer: Timer) -> torch.Tensor:
+    """One frame step, piece by piece, in the order of ``generate.decode_frame`` (eager kernels)."""
+    pred, cfg = talker.code_predictor, talker.cfg
+    caches = state.pred_cache.layers
+    B, G = state.batch, state.groups
+    with timer("other"):
+        x = torch.stack([state.hidden, talker.embed_codec(state.code0)], dim=1)
+        positions = torch.arange(2, device=x.device).expand(B, 2)
+    codes = [state.code0]
+    for g in range(1, G):
+        with timer("predictor"):
+            if g == 1:
+                h = pred(x, positions, caches, causal_mask(positions, 2))[:, -1]
+            else:
+                positions = torch.full((B, 1), g, device=x.device, dtype=torch.long)
+                h = pred(pred.embed_group(g - 1, codes[-1])[:, None], positions, caches,
+                         causal_mask(positions, g + 1))[:, -1]
+            logits = pred.logits(g, h).float()
+        with timer("sampling"):
+            codes.append(sample(logits, state.predictor_params, state.seeds, state.steps, g))
+    with timer("other"):
+        frame = torch.stack(codes, dim=1)
+        x = (frame_embedding(talker, frame) + next_text(state))[:, None]
+        positions = state.positions[:, None]
+    with timer("talker"):
+        hidden = talker(x, positions, state.cache.layers, causal_mask(positions, span))[:, -1]
+        logits = talker.codec_head(hidden).float()
+    with timer("sampling"):
+        logits = process_code0_logits(logits, state.seen, state.penalty, state.steps, cfg.codec_eos_token_id,
+                                      cfg.codebook_size)
+        code0 = sample(logits, state.talker_params, state.seeds, state.steps, 0)
+    with timer("other"):
+        live = state.active[:, None]
+        state.hidden.copy_(torch.where(live, hidden, state.hidden))
+        state.code0.copy_(torch.where(state.active, code0, state.code0))
+        idx = code0[:, None]
+        state.seen.scatter_(1, idx, live | state.seen.gather(1, idx))
+        step = state.active.long()
+        state.steps.add_(step)
+        state.positions.add_(step)
+    return frame
+
+
+@torch.no_grad()
+def profile_synthesis(tts, text: str = TEXT, frames: int = 16, batch: int = 1, voice=None,
+                      sampling: Sampling | None = None, seed: int = 0, plain: bool = True,
+                      quantize: str = "none") -> Profile:
+    """Profile one synthesis of ``frames`` frames per stream (``batch`` identical streams, each with its own
+    codec state). ``sampling``: default greedy (deterministic). ``plain``: also time ``frames`` steps of the
+    unmodified ``decode_frame`` afterwards. ``quantize`` is only recorded."""
+    from .api import SynthesisOptions
+
+    talker, decoder = tts.model.talker, tts.codec.decoder
+    timer = Timer(tts.device)
+    options = SynthesisOptions(sampling=sampling or Sampling.greedy(), max_new_tokens=frames + 1)
+    timer.sync()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    with timer("prepare"):
+        prepared = [tts.prepare(text, voice=voice, seed=seed + i, options=options) for i in range(batch)]
+    with timer("prefill"):
+        P = max(p.stream.prompt.shape[0] for p in prepared)
+        state = FrameState(talker, batch, P + 2 * frames + 2)
+        state.pad.copy_(tts.tts_pad())
+        for row, p in enumerate(prepared):
+            prefill(talker, state, row, p.stream.prompt, p.stream.trailing, p.stream.params)
+    with timer("codec"):
+        codec_states = [decoder.init_state(1) for _ in range(batch)]
+    sizes, pending, audio, codec_first, generated = ChunkPolicy().sizes(), [], [], 0.0, []
+    target = next(sizes)
+    for k in range(frames):
+        pending.append(_frame(talker, state, P + k + 1, timer))
+        generated.append(pending[-1])
+        if len(pending) == target or k == frames - 1:
+            codes = torch.stack(pending, dim=2)  # [B, G, t]
+            before = timer.wall["codec"]
+            with timer("codec"):
+                for row, cs in enumerate(codec_states):
+                    audio.append(decoder.decode_step(codes[row:row + 1], cs)[0, 0].float().cpu().numpy())
+            codec_first = codec_first or (timer.wall["codec"] - before) / batch
+            pending, target = [], next(sizes)
+    timer.sync()
+    whole_wall, whole_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    assert sum(len(a) for a in audio) == batch * frames * decoder.samples_per_frame, "audio length mismatch"
+    plain_s = _plain_frames(talker, state, P + frames, frames, timer) if plain else None
+    quant = "int8" if getattr(tts, "quantization", None) is not None else quantize
+    return Profile(str(tts.device), str(tts.dtype).removeprefix("torch."), quant, torch.get_num_threads(), batch,
+                   frames, P, dict(timer.wall), dict(timer.cpu), whole_wall, whole_cpu, codec_first, plain_s,
+                   torch.stack(generated, dim=1).cpu())
+
+
+def _plain_frames(talker, state: FrameState, start: int, frames: int, timer: Timer) -> float:
+    """Median wall seconds of ``frames`` unmodified ``decode_frame`` steps continuing from ``state``."""
+    if state.cache.max_len < start + frames + 1:
+        state.cache.grow(start + frames + 1)
+    times = []
+    for k in range(frames):
+        timer.sync()
+        t0 = time.perf_counter()
+        decode_frame(talker, state, start + k + 1)
+        timer.sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _default_voice(tts):
+    """None (the checkpoint's default voice), or for a Base checkpoint an x-vector clone of a test tone."""
+    if tts.kind != "base":
+        return None
+    from .voices import Clone
+
+    t = np.arange(24000) / 24000
+    tone = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+    return Clone(prompt=tts.create_clone_prompt((tone, 24000), x_vector_only=True))
+
+
+# ---- command line -------------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``qtts profile`` options (model options are added by the CLI)."""
+    p.add_argument("--text", default=TEXT)
+    p.add_argument("--frames", type=int, default=16, help="frames to generate (80 ms each; default 16)")
+    p.add_argument("--batch", type=int, default=1, help="streams run together (default 1)")
+    p.add_argument("--sample", action="store_true", help="use the checkpoint's sampling (default: greedy)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs of 2 frames first (default 1)")
+    p.add_argument("--json", help="also write the profile as JSON to this file")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """``qtts profile``: load the model, warm up, profile one synthesis and print the table."""
+    from .cli import _load
+    from .errors import InputError
+
+    if args.frames < 1 or args.batch < 1:
+        raise InputError("--frames and --batch must be positive")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tts = _load(args)
+    voice = _default_voice(tts)
+    sampling = Sampling() if args.sample else None
+    for _ in range(args.warmup):
+        profile_synthesis(tts, args.text, 2, args.batch, voice, sampling, plain=False)
+    prof = profile_synthesis(tts, args.text, args.frames, args.batch, voice, sampling, quantize=args.quantize)
+    print(prof.table())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(prof.to_dict(), f, indent=2)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0

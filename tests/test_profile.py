@@ -1,0 +1,81 @@
+"""``qtts profile`` and the speed suite's smoke run (tiny checkpoints; no timing thresholds on absolute values)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qtts import TTS, Sampling, Speaker, SynthesisOptions
+from qtts.cli import main
+from qtts.profile import FRAME_PARTS, PARTS, profile_synthesis
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_profile_command_parts_cover_the_whole(tiny_checkpoints, tmp_path, capsys):
+    """The command runs; every part is present and positive; the independently timed parts add up to (almost)
+    the whole run's wall time, so no piece of the synthesis goes untimed."""
+    out = tmp_path / "profile.json"
+    rc = main(["profile", "--model", str(tiny_checkpoints["custom_voice"]), "--device", "cpu", "--frames", "6",
+               "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    for part in PARTS:
+        assert part in table
+    prof = json.loads(out.read_text())
+    assert prof["frames"] == 6 and prof["batch"] == 1 and prof["dtype"] == "float32"
+    assert set(prof["wall"]) == set(PARTS)
+    assert all(prof["wall"][p] > 0 for p in PARTS), prof["wall"]
+    assert prof["codec_first_s"] > 0 and prof["plain_frame_s"] > 0
+    parts, whole = prof["parts_sum_wall"], prof["whole_wall"]
+    assert 0.7 * whole <= parts <= whole * 1.001 + 1e-4, (parts, whole)
+    assert prof["frame_wall"] == pytest.approx(sum(prof["wall"][p] for p in FRAME_PARTS) / 6)
+
+
+def test_profiled_frames_are_the_engine_frames(tiny_tts):
+    """The instrumented frame step runs the same computation as ``decode_frame``: its codes equal greedy
+    ``synthesize``'s, for one stream and for a batch (each row as if alone)."""
+    tts: TTS = tiny_tts["custom_voice"]
+    text = "Profiling must not change what is computed."
+    prof = profile_synthesis(tts, text, frames=5, batch=2, voice=Speaker("ryan"), plain=False)
+    opts = SynthesisOptions(sampling=Sampling.greedy(), max_new_tokens=6)
+    for row in range(2):
+        expected = tts.synthesize(text, voice=Speaker("ryan"), seed=row, options=opts).codes
+        assert torch.equal(prof.codes[row], expected)
+    assert prof.batch == 2 and prof.wall["codec"] > 0
+
+
+def _load_suite():
+    spec = importlib.util.spec_from_file_location("bench_suite", REPO / "bench" / "suite.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_suite"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_suite_quick_smoke(tmp_path):
+    """``bench/suite.py --quick`` (reduced to float32, batches 1 and 2): reports are written, the numbers it
+    derives are consistent, and with the official package installed the greedy codes are identical to it."""
+    suite = _load_suite()
+    official = importlib.util.find_spec("qwen_tts") is not None and importlib.util.find_spec("transformers")
+    argv = ["--quick", "--dtypes", "float32", "--batches", "1,2", "--out-dir", str(tmp_path)]
+    result = suite.main(argv + ([] if official else ["--no-official"]))
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"suite-quick.json", "suite-quick.md", "frame-components-quick.md"}
+    (entry,) = result["entries"]
+    assert (entry["shape"], entry["dtype"]) == ("tiny", "float32")
+    w = entry["weights"]
+    assert w["total"] == w["talker"] + w["predictor_passes"] * w["predictor_pass"] + w["predictor_heads"]
+    assert w["predictor_passes"] == 15
+    d = entry["derived"]
+    assert d["floor_ms"] == pytest.approx(1000 * w["total"] / result["bandwidth"]["bytes_per_s"])
+    assert set(entry["runner"]) == {"1", "2"} and entry["runner"]["2"]["live"] == 2
+    assert result["targets"] == []  # the issue's targets are for the released shapes only
+    if official:
+        assert entry["codes_vs_official"] == "identical"
+    assert "| tiny | float32 |" in (tmp_path / "suite-quick.md").read_text()
