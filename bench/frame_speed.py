@@ -101,7 +101,8 @@ def main() -> None:
     reference = None
     for mode in args.modes.split(","):
         tts.accelerate(**MODES[mode], max_frames=512)
-        entry: dict = {"frame_ms": {}, "frames_per_s": {}, "first_step_s": {}}
+        entry: dict = {"frame_ms": {}, "frames_per_s": {}, "first_step_s": {},
+                       "pipelined": tts.new_runner(1).pipelined}
         for b in batches:
             first, steady = frame_times(tts, b, args.frames, warmup=3)
             entry["first_step_s"][b] = round(first, 3)
@@ -118,6 +119,9 @@ def main() -> None:
         entry["codes_match_eager"] = bool(torch.equal(codes, reference))
         report["modes"][mode] = entry
         print(mode, json.dumps(entry), flush=True)
+        if args.out:  # after every mode, so a run cut short keeps what it measured
+            with open(args.out, "w") as f:
+                f.write(json.dumps(report, indent=2))
     _sync(device)
     text = json.dumps(report, indent=2)
     print(text)

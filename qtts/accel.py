@@ -40,6 +40,7 @@ class AccelOptions:
     cuda_graphs: bool = False
     max_frames: int = 2048
     compile_backend: str = "inductor"  # "eager" / "aot_eager" trace without code generation (tests)
+    pipelined: bool | None = None  # launch frame t+1 before reading frame t (None: on CUDA only)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_frames, int) or self.max_frames < 64:
@@ -48,6 +49,9 @@ class AccelOptions:
     @property
     def static(self) -> bool:
         return self.compile or self.cuda_graphs
+
+
+STATIC = Kernels(fixed_span=True)
 
 
 def _frame(talker: Talker, state: FrameState, span: int, kernels: Kernels = EAGER) -> torch.Tensor:
@@ -63,10 +67,12 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
     """Regional compilation: every transformer block (one compiled graph per block shape, shared by all the
     layers of that shape) and the sampling functions. Fuses the many small element-wise ops of norms, RoPE,
     SwiGLU and sampling; compiles in a fraction of the time of the whole frame."""
+    # Block shapes: talker and predictor widths, prefill / predictor-start / frame sequence lengths.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     for block in _blocks(talker):
         block.compile(backend=backend)
     return Kernels(sample=torch.compile(sample, backend=backend),
-                   code0_logits=torch.compile(process_code0_logits, backend=backend))
+                   code0_logits=torch.compile(process_code0_logits, backend=backend), fixed_span=True)
 
 
 def uncompile_regions(talker: Talker) -> None:
@@ -113,7 +119,7 @@ class StaticFrameStep(FrameStep):
         if options.cuda_graphs and device.type != "cuda":
             raise InputError(f"CUDA graphs need a CUDA device; the model is on {device.type}")
         self.options = options
-        kernels = compile_regions(talker, options.compile_backend) if options.compile else EAGER
+        kernels = compile_regions(talker, options.compile_backend) if options.compile else STATIC
         self.fn = functools.partial(_frame, kernels=kernels)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
 

@@ -110,13 +110,14 @@ class TTS:
     # ---- runners and acceleration -------------------------------------------------------------------
 
     def accelerate(self, *, compile: bool = False, cuda_graphs: bool = False, max_frames: int = 2048,
-                   compile_backend: str = "inductor") -> None:
+                   compile_backend: str = "inductor", pipelined: bool | None = None) -> None:
         """Run the frame step through ``torch.compile`` and/or CUDA graphs (CUDA only), applied from outside
         the model; ``compile=False, cuda_graphs=False`` returns to eager. Engines and runners made afterwards use
         it; warm-up and capture happen once per runner (``Engine`` s and the pooled runners of
         ``stream`` / ``synthesize`` keep theirs). ``max_frames``: cache slots per stream with static shapes;
-        ``compile_backend``: the ``torch.compile`` backend."""
-        options = AccelOptions(bool(compile), bool(cuda_graphs), max_frames, compile_backend)
+        ``compile_backend``: the ``torch.compile`` backend; ``pipelined``: launch frame t+1 before reading frame
+        t's results, overlapping host and device work (default: on CUDA only)."""
+        options = AccelOptions(bool(compile), bool(cuda_graphs), max_frames, compile_backend, pipelined)
         if options.cuda_graphs and self.device.type != "cuda":
             raise InputError(f"CUDA graphs need a CUDA device; this model is on {self.device.type}")
         with self._runners_lock:
@@ -126,7 +127,7 @@ class TTS:
     def new_runner(self, max_batch: int = 1, decode: bool = True) -> Runner:
         """A fresh runner over this model with the current acceleration options."""
         return Runner(self.model.talker, self.tts_pad(), self.codec.decoder if decode else None, self.sample_rate,
-                      max_batch, make_frame_step(self.model.talker, self.accel))
+                      max_batch, make_frame_step(self.model.talker, self.accel), self.accel.pipelined)
 
     def take_runner(self, max_batch: int = 1) -> Runner:
         """An idle pooled runner with ``max_batch`` slots (or a new one); hand it back with ``give_runner``."""
@@ -138,7 +139,8 @@ class TTS:
 
     def give_runner(self, runner: Runner) -> None:
         """Return an idle runner to the pool (dropped if it still has jobs or the options changed)."""
-        if not runner.idle or runner.step_fn.static != self.accel.static:
+        if not runner.idle or runner.step_fn.static != self.accel.static or runner.pipelined != (
+                self.accel.pipelined if self.accel.pipelined is not None else self.device.type == "cuda"):
             return
         with self._runners_lock:
             pool = self._runners.setdefault(runner.max_batch, [])

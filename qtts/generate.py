@@ -152,6 +152,7 @@ class Kernels:
 
     sample: Callable[..., torch.Tensor] = sample
     code0_logits: Callable[..., torch.Tensor] = process_code0_logits
+    fixed_span: bool = False  # predictor attention reads all G cache slots (masked): one shape per step
 
 
 EAGER = Kernels()
@@ -196,13 +197,13 @@ def predict_groups(talker: Talker, state: FrameState, kernels: Kernels = EAGER) 
     B, G = state.batch, state.groups
     x = torch.stack([state.hidden, talker.embed_codec(state.code0)], dim=1)  # [B, 2, H]
     positions = torch.arange(2, device=x.device).expand(B, 2)
-    h = pred(x, positions, caches, causal_mask(positions, 2))[:, -1]
+    h = pred(x, positions, caches, causal_mask(positions, G if kernels.fixed_span else 2))[:, -1]
     codes = [state.code0]
     for g in range(1, G):
         if g > 1:
             positions = torch.full((B, 1), g, device=x.device, dtype=torch.long)
             h = pred(pred.embed_group(g - 1, codes[-1])[:, None], positions, caches,
-                     causal_mask(positions, g + 1))[:, -1]
+                     causal_mask(positions, G if kernels.fixed_span else g + 1))[:, -1]
         logits = pred.logits(g, h).float()
         codes.append(kernels.sample(logits, state.predictor_params, state.seeds, state.steps, g))
     return torch.stack(codes, dim=1)

@@ -89,6 +89,16 @@ class SessionText:
 Sink = Callable[[AudioChunk | BaseException], None]
 
 
+@dataclasses.dataclass
+class _Launched:
+    """A frame in flight: its results ``out [n, G + 1]`` (host; ready after ``event``) and ``(job, row)`` at
+    launch time."""
+
+    out: torch.Tensor
+    event: torch.cuda.Event | None
+    jobs: list[tuple[Job, int]]
+
+
 class Job:
     """One request in a runner. Either ``prompt``/``trailing`` are given (the whole text is known) or
     ``session`` supplies text as it arrives. Chunks (and, on failure, one exception) go to ``sink``."""
@@ -110,7 +120,8 @@ class Job:
         self.finish_reason: str | None = None
         self.row = -1
         self.position = 0  # next cache position (host copy)
-        self.sampled = 0  # code-0s sampled so far
+        self.sampled = 0  # code-0s sampled so far (counting frames launched but not yet read)
+        self.inflight = 0  # frames launched whose results have not been read
         self.code0 = -1  # the pending code-0 (host copy)
         self.text_len = 0  # text vectors given to the slot
         self.text_complete = session is None  # tts_eos has been given (pads follow)
@@ -153,7 +164,8 @@ class Runner:
     """Drives up to ``max_batch`` jobs through prefill, frame steps and streaming codec decode."""
 
     def __init__(self, talker: Talker, pad: torch.Tensor, decoder: CodecDecoder | None = None,
-                 sample_rate: int = 24000, max_batch: int = 1, step: FrameStep | None = None) -> None:
+                 sample_rate: int = 24000, max_batch: int = 1, step: FrameStep | None = None,
+                 pipelined: bool | None = None) -> None:
         if not isinstance(max_batch, int) or max_batch < 1:
             raise InputError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.talker, self.pad, self.decoder, self.max_batch = talker, pad, decoder, max_batch
@@ -162,6 +174,11 @@ class Runner:
         self.sample_rate = sample_rate
         self.codec_device = next(decoder.parameters()).device if decoder is not None else None
         self.step_fn = step or FrameStep(talker)
+        device = talker.codec_head.weight.device
+        # Pipelined: frame t+1 is launched before frame t's results are read, so host work (EOS checks,
+        # chunking, codec calls) overlaps device work. A stream that ended at frame t has one wasted frame.
+        self.pipelined = (device.type == "cuda") if pipelined is None else pipelined
+        self._inflight: _Launched | None = None
         self.live: list[Job] = []  # live[i].row == i
         self.waiting: list[Job] = []
         self.state: FrameState | None = None
@@ -192,14 +209,21 @@ class Runner:
             if job.code0 == self.eos_id:
                 self._finish(job, "stop")
                 worked = True
-            elif job.sampled >= job.budget():
+            elif job.inflight == 0 and job.sampled >= job.budget():
                 self._finish(job, "length")
                 worked = True
-        advancing = [job for job in self.live if job.can_advance()]
-        if not advancing:
-            return worked
-        self._frame(advancing)
-        return True
+        advancing = [job for job in self.live if job.can_advance() and job.sampled < job.budget()]
+        previous, self._inflight = self._inflight, None
+        if advancing:
+            self._inflight = self._launch(advancing)
+        # Until a stream's first chunk is out, read frames at once: pipelining would add a frame to its
+        # time to first audio (the chunk's codec work would queue behind the next frame).
+        eager_read = not self.pipelined or any(job.emitted == 0 for job in advancing)
+        if eager_read and self._inflight is not None:
+            previous, self._inflight = self._inflight, None
+        if previous is not None:
+            self._process(previous)
+        return worked or previous is not None or bool(advancing)
 
     def fail_all(self, error: BaseException) -> None:
         """Fail every job with ``error`` and drop all state (after an unexpected error in a step)."""
@@ -207,7 +231,7 @@ class Runner:
             if not job.finished:
                 job.finish_reason = "error"
                 job.sink(error)
-        self.live, self.waiting, self.state = [], [], None
+        self.live, self.waiting, self.state, self._inflight = [], [], None, None
 
     # ---- internals ----------------------------------------------------------------------------------
 
@@ -294,27 +318,50 @@ class Runner:
         job.text_complete = ended
         return True
 
-    def _frame(self, advancing: list[Job]) -> None:
+    def _launch(self, advancing: list[Job]) -> _Launched:
+        """Start one frame for ``advancing`` (other live slots are paused); host counters advance now."""
         state = self.state
         assert state is not None
         n = len(self.live)
-        mask = [job.can_advance() for job in self.live]
-        state.active[:n].copy_(torch.tensor(mask))
+        live = set(map(id, advancing))
+        state.active[:n].copy_(torch.tensor([id(job) in live for job in self.live]))
         needed = max(job.position for job in advancing) + 1
         if needed > state.cache.max_len:
             state.cache.grow(2 * state.cache.max_len)
         rows = self.step_fn.rows(n, self.max_batch)
-        out = self.step_fn(state, rows, self.step_fn.span(state, needed))[:n].cpu()
+        out = self.step_fn(state, rows, self.step_fn.span(state, needed))[:n]
+        event = None
+        if out.device.type == "cuda" and self.pipelined:
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host = out.cpu()
         self.frames += 1
         for job in advancing:
-            row = out[job.row]
-            job.pending.append(row[: self.groups])
-            job.code0 = int(row[self.groups])
             job.position += 1
             job.sampled += 1
+            job.inflight += 1
+        return _Launched(host, event, [(job, job.row) for job in advancing])
+
+    def _process(self, launched: _Launched) -> None:
+        """Read a launched frame's results: append frames, note code-0s, emit due chunks."""
+        if launched.event is not None:
+            launched.event.synchronize()
+        out = launched.out
+        for job, row in launched.jobs:
+            job.inflight -= 1
+            if job.finished:  # ended (EOS seen, cancelled) while this frame was in flight: discarded
+                continue
+            values = out[row]
+            job.pending.append(values[: self.groups])
+            job.code0 = int(values[self.groups])
             if job.on_frame is not None:
                 job.on_frame()
-            if len(job.pending) >= job.target:
+            if job.code0 == self.eos_id:
+                self._finish(job, "stop")
+            elif len(job.pending) >= job.target:
                 self._emit(job, None)
                 job.target = next(job._sizes)
 

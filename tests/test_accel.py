@@ -46,6 +46,35 @@ def test_compiled_static_step_equals_eager(tiny_checkpoints):
     assert np.array_equal(whole.codes.numpy(), expected[0][1])
 
 
+@pytest.mark.parametrize("kind", ["custom_voice", "base"])
+def test_pipelined_runner_equals_synchronous(tiny_checkpoints, kind):
+    """Frame t+1 launched before frame t is read: same chunks, same finish (EOS is seen one frame late and the
+    extra frame discarded); batched with streams that end at different frames."""
+    from qtts import Clone
+
+    tts = _fresh(tiny_checkpoints[kind], "cpu")
+    t = np.arange(24000) / 24000
+    voice = Clone(((0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), 24000), "Reference.") \
+        if kind == "base" else Speaker("ryan")
+    opts = [SynthesisOptions(max_new_tokens=b) for b in (40, 60, 9)]
+    for eos_weight in (0.5, 1.0, 2.0):  # make EOS likely so that streams end at different frames
+        with torch.no_grad():
+            tts.model.talker.codec_head.weight[tts.cfg.talker.codec_eos_token_id] = eos_weight
+        expected = [list(tts.stream(TEXTS[i], voice=voice, seed=i, options=o)) for i, o in enumerate(opts)]
+        if any(c[-1].finish_reason == "stop" for c in expected):
+            break
+    tts.accelerate(pipelined=True)
+    prepared = [tts.prepare(TEXTS[i], voice=voice, seed=i, options=o) for i, o in enumerate(opts)]
+    with Engine(tts, EngineConfig(max_batch=2)) as engine:
+        assert engine.runner.pipelined
+        got = [list(engine.submit(p)) for p in prepared]
+    assert any(c[-1].finish_reason == "stop" for c in expected)
+    for e, g in zip(expected, got, strict=True):
+        assert [c.finish_reason for c in e] == [c.finish_reason for c in g]
+        assert [(c.start, c.end) for c in e] == [(c.start, c.end) for c in g]
+        assert np.abs(np.concatenate([c.audio for c in e]) - np.concatenate([c.audio for c in g])).max() <= 1e-5
+
+
 def test_accelerate_validation(tiny_tts):
     tts = tiny_tts["custom_voice"]
     if not torch.cuda.is_available():

@@ -139,7 +139,7 @@ def test_sessions_in_the_engine(tiny_tts):
 def test_a_failing_step_does_not_take_the_engine_down(tiny_tts, monkeypatch):
     tts = tiny_tts["custom_voice"]
     with Engine(tts) as engine:
-        original = engine.runner._frame
+        original = engine.runner._launch
         calls = {"n": 0}
 
         def flaky(advancing):
@@ -148,7 +148,7 @@ def test_a_failing_step_does_not_take_the_engine_down(tiny_tts, monkeypatch):
                 raise RuntimeError("simulated device failure")
             return original(advancing)
 
-        monkeypatch.setattr(engine.runner, "_frame", flaky)
+        monkeypatch.setattr(engine.runner, "_launch", flaky)
         bad = engine.submit(tts.prepare(TEXTS[0], voice=Speaker("ryan"), seed=1,
                                         options=SynthesisOptions(max_new_tokens=10)))
         with pytest.raises(RuntimeError, match="simulated"):
