@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +38,11 @@ from .model.cache import causal_mask
 from .request import Sampling
 from .runner import ChunkPolicy
 from .sampling import process_code0_logits, sample
+
+if TYPE_CHECKING:
+    from .api import TTS
+    from .model.talker import Talker
+    from .voices import Voice
 
 PARTS = ("prepare", "prefill", "talker", "predictor", "sampling", "other", "codec")
 FRAME_PARTS = ("talker", "predictor", "sampling", "other")
@@ -129,7 +135,7 @@ class Profile:
         return "\n".join([head, *rows])
 
 
-def _frame(talker, state: FrameState, span: int, timer: Timer) -> torch.Tensor:
+def _frame(talker: Talker, state: FrameState, span: int, timer: Timer) -> torch.Tensor:
     """One frame step, piece by piece, in the order of ``generate.decode_frame`` (eager kernels)."""
     pred, cfg = talker.code_predictor, talker.cfg
     caches = state.pred_cache.layers
@@ -173,7 +179,7 @@ def _frame(talker, state: FrameState, span: int, timer: Timer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def profile_synthesis(tts, text: str = TEXT, frames: int = 16, batch: int = 1, voice=None,
+def profile_synthesis(tts: TTS, text: str = TEXT, frames: int = 16, batch: int = 1, voice: Voice | None = None,
                       sampling: Sampling | None = None, seed: int = 0, plain: bool = True,
                       quantize: str = "none") -> Profile:
     """Profile one synthesis of ``frames`` frames per stream (``batch`` identical streams, each with its own
@@ -219,7 +225,7 @@ def profile_synthesis(tts, text: str = TEXT, frames: int = 16, batch: int = 1, v
                    torch.stack(generated, dim=1).cpu())
 
 
-def _plain_frames(talker, state: FrameState, start: int, frames: int, timer: Timer) -> float:
+def _plain_frames(talker: Talker, state: FrameState, start: int, frames: int, timer: Timer) -> float:
     """Median wall seconds of ``frames`` unmodified ``decode_frame`` steps continuing from ``state``."""
     if state.cache.max_len < start + frames + 1:
         state.cache.grow(start + frames + 1)
@@ -233,7 +239,7 @@ def _plain_frames(talker, state: FrameState, start: int, frames: int, timer: Tim
     return statistics.median(times)
 
 
-def _default_voice(tts):
+def _default_voice(tts: TTS) -> Voice | None:
     """None (the checkpoint's default voice), or for a Base checkpoint an x-vector clone of a test tone."""
     if tts.kind != "base":
         return None
