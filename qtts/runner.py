@@ -199,8 +199,9 @@ class Runner:
 
     @torch.no_grad()
     def step(self) -> bool:
-        """Retire, feed text, admit, then advance every live job that can by one frame. Returns False when
-        nothing could be done (every live job waits for text, or there is nothing to run)."""
+        """Retire, feed text, admit, then advance every live job that can by one frame (and, pipelined, read
+        the previous frame meanwhile). Returns False when nothing could be done (every live job waits for
+        text, or there is nothing to run)."""
         worked = self._drop_cancelled()
         for job in self.live:
             worked |= self._feed(job)
@@ -216,13 +217,13 @@ class Runner:
         previous, self._inflight = self._inflight, None
         if advancing:
             self._inflight = self._launch(advancing)
-        # Until a stream's first chunk is out, read frames at once: pipelining would add a frame to its
-        # time to first audio (the chunk's codec work would queue behind the next frame).
-        eager_read = not self.pipelined or any(job.emitted == 0 for job in advancing)
-        if eager_read and self._inflight is not None:
-            previous, self._inflight = self._inflight, None
-        if previous is not None:
+        if previous is not None:  # pipelined: read frame t while frame t+1 runs
             self._process(previous)
+        # Unpipelined, or until a stream's first chunk is out, read the new frame at once: pipelining would
+        # add a frame to the time to first audio (the chunk's codec work would queue behind the next frame).
+        if self._inflight is not None and (not self.pipelined or any(j.emitted == 0 for j in advancing)):
+            current, self._inflight = self._inflight, None
+            self._process(current)
         return worked or previous is not None or bool(advancing)
 
     def fail_all(self, error: BaseException) -> None:
@@ -361,6 +362,8 @@ class Runner:
                 job.on_frame()
             if job.code0 == self.eos_id:
                 self._finish(job, "stop")
+            elif job.inflight == 0 and job.sampled >= job.budget():
+                self._finish(job, "length")
             elif len(job.pending) >= job.target:
                 self._emit(job, None)
                 job.target = next(job._sizes)

@@ -56,8 +56,10 @@ def test_pipelined_runner_equals_synchronous(tiny_checkpoints, kind):
     t = np.arange(24000) / 24000
     voice = Clone(((0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), 24000), "Reference.") \
         if kind == "base" else Speaker("ryan")
-    opts = [SynthesisOptions(max_new_tokens=b) for b in (40, 60, 9)]
-    for eos_weight in (0.5, 1.0, 2.0):  # make EOS likely so that streams end at different frames
+    # Two slots: the short first stream frees its slot while the second is mid-flight, so the third is
+    # admitted (and read at once until its first chunk) while the second is pipelined.
+    opts = [SynthesisOptions(max_new_tokens=b) for b in (9, 60, 40)]
+    for eos_weight in (0.5, -0.5, 1.0, -1.0, 2.0, -2.0):  # make EOS likely so that streams end at different frames
         with torch.no_grad():
             tts.model.talker.codec_head.weight[tts.cfg.talker.codec_eos_token_id] = eos_weight
         expected = [list(tts.stream(TEXTS[i], voice=voice, seed=i, options=o)) for i, o in enumerate(opts)]
@@ -67,7 +69,8 @@ def test_pipelined_runner_equals_synchronous(tiny_checkpoints, kind):
     prepared = [tts.prepare(TEXTS[i], voice=voice, seed=i, options=o) for i, o in enumerate(opts)]
     with Engine(tts, EngineConfig(max_batch=2)) as engine:
         assert engine.runner.pipelined
-        got = [list(engine.submit(p)) for p in prepared]
+        handles = [engine.submit(p) for p in prepared]  # all queued at once: they overlap
+        got = [list(h) for h in handles]
     assert any(c[-1].finish_reason == "stop" for c in expected)
     for e, g in zip(expected, got, strict=True):
         assert [c.finish_reason for c in e] == [c.finish_reason for c in g]
