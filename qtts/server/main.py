@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds a WebSocket utterance may wait for more text before it is cancelled")
     p.add_argument("--max-input-chars", type=int, default=4096)
     p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024)
+    p.add_argument("--clone-model", help="a Base checkpoint (folder or repo id) loaded beside --model to speak clone "
+                   "voices: locked designed voices (POST /v1/audio/voices lock=true) and saved clones")
     p.add_argument("--data-dir", help="voice library folder (default $QTTS_HOME/voices or ~/.cache/qtts/voices)")
     p.add_argument("--model-name", help="model name reported by /v1/models (default: the checkpoint's folder name)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -35,7 +37,8 @@ def settings_from_args(args: argparse.Namespace):
     quantize = getattr(args, "quantize", None)
     quantize = None if quantize in (None, "none") else quantize
     return ServerSettings(
-        model=args.model, kind=args.kind or "custom_voice", device=args.device, dtype=args.dtype, quantize=quantize,
+        model=args.model, clone_model=getattr(args, "clone_model", None), kind=args.kind or "custom_voice",
+        device=args.device, dtype=args.dtype, quantize=quantize,
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get("QTTS_API_KEY") or None,
         max_input_chars=args.max_input_chars, max_upload_bytes=args.max_upload_bytes, max_batch=args.max_batch,
         max_waiting=args.max_waiting, wait_timeout=args.wait_timeout, text_timeout=args.text_timeout,
@@ -55,7 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_from_args(args)
     app = create_app(settings)
-    print(f"qtts: serving {app.state.qtts.model_name} ({app.state.qtts.tts.kind}) on "
+    state = app.state.qtts
+    clone = f" + clone model {settings.clone_model}" if state.clone_tts is not None else ""
+    print(f"qtts: serving {state.model_name} ({state.tts.kind}){clone} on "
           f"http://{settings.host}:{settings.port}", file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False)
     return 0

@@ -19,9 +19,11 @@ def ops_router(state: ServerState) -> APIRouter:
     @router.get("/health")
     async def health() -> JSONResponse:
         tts = state.tts
-        return JSONResponse({"status": "ok", "model": state.model_name, "kind": tts.kind,
-                             "sample_rate": tts.sample_rate, "speakers": tts.speakers, "languages": tts.languages,
-                             "engine": state.engine.stats()})
+        body = {"status": "ok", "model": state.model_name, "kind": tts.kind, "sample_rate": tts.sample_rate,
+                "speakers": tts.speakers, "languages": tts.languages, "engine": state.engine.stats()}
+        if state.clone_engine is not None:  # --clone-model: the Base model's engine
+            body["clone_engine"] = state.clone_engine.stats()
+        return JSONResponse(body)
 
     @router.get("/metrics")
     async def metrics() -> PlainTextResponse:

@@ -19,6 +19,8 @@ class ServerSettings:
     """Server configuration.
 
     ``model``: checkpoint folder or Hugging Face repo id (None: the offline tiny demo checkpoint of ``kind``);
+    ``clone_model``: an optional Base checkpoint loaded beside ``model`` (same device, dtype and quantization)
+    that speaks clone voices — locked designed voices, saved clones — when ``model`` is not a Base one;
     ``device`` / ``dtype`` / ``quantize``: as ``TTS.from_pretrained``; ``api_key``: when set, ``/v1/*`` needs
     ``Authorization: Bearer <api_key>``; ``max_input_chars``: longest ``input`` (and WebSocket utterance);
     ``max_upload_bytes``: largest request body (voice uploads); ``max_batch`` / ``max_waiting`` /
@@ -29,6 +31,7 @@ class ServerSettings:
     """
 
     model: str | None = None
+    clone_model: str | None = None
     kind: str = "custom_voice"
     device: str | None = None
     dtype: str | None = None
@@ -59,4 +62,6 @@ class ServerSettings:
             raise InputError(f"kind must be base, custom_voice or voice_design, got {self.kind!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise InputError("api_key must not be empty (leave it unset to disable authentication)")
+        if self.clone_model is not None and not str(self.clone_model).strip():
+            raise InputError("clone_model must not be empty (leave it unset to serve one model)")
         object.__setattr__(self, "data_dir", Path(self.data_dir))

@@ -1,8 +1,9 @@
 """``POST /v1/audio/speech``: OpenAI-compatible text to speech, streamed as it is generated.
 
 The request is validated, its voice resolved and its model inputs prepared on the engine thread
-(``engine.run(tts.prepare, ...)``); then it is submitted to the engine. Response headers are sent only once
-the first audio chunk is ready, so admission failures still become ``503`` + ``Retry-After``. The body is
+(``engine.run(tts.prepare, ...)``); then it is submitted to the engine (the clone model's engine for a clone
+voice on a server started with ``--clone-model``, see ``ServerState.engine_for``). Response headers are sent
+only once the first audio chunk is ready, so admission failures still become ``503`` + ``Retry-After``. The body is
 either the encoded audio bytes (``stream_format="audio"``, what the OpenAI SDK's ``with_streaming_response``
 reads) or Server-Sent Events (``stream_format="sse"``): ``speech.audio.delta`` events carrying base64 audio
 bytes and a final ``speech.audio.done`` event with ``usage``. A client that disconnects cancels its stream
@@ -149,14 +150,17 @@ def speech_router(state: ServerState) -> APIRouter:
     @router.post("/v1/audio/speech")
     async def speech(request: Request) -> Response:
         req = parse(await read_json(request, state.settings.max_upload_bytes), state.settings.max_input_chars)
-        tts, engine = state.tts, state.engine
         try:
             check_format(req.response_format)
         except FormatError as e:
             raise ApiError(400, str(e), "response_format") from None
+        voice, instruct = await resolve_voice(state.tts, state.library, req.voice_name, req.instructions)
+        try:
+            tts, engine = state.engine_for(voice)  # clone voices on the clone model, when one is loaded
+        except InputError as e:
+            raise input_error(e) from None
         if req.max_new_tokens is not None and req.max_new_tokens > tts.generation.max_new_tokens:
             raise ApiError(422, f"max_new_tokens: at most {tts.generation.max_new_tokens}", "max_new_tokens")
-        voice, instruct = await resolve_voice(tts, state.library, req.voice_name, req.instructions)
         options = SynthesisOptions(sampling=req.sampling(), max_new_tokens=req.max_new_tokens)
         try:
             prepared = await engine.run(tts.prepare, req.input, voice, req.language, instruct, req.seed, options)

@@ -1,5 +1,6 @@
 """``ServerState``: what every route needs — the model, the engine thread that owns it, the voice library,
-the settings and the metrics."""
+the settings and the metrics; optionally a second (Base) model with its own engine for clone voices
+(``--clone-model``: locked designs and saved clones on a VoiceDesign / CustomVoice server)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 from ..api import TTS
 from ..engine import Engine, EngineConfig
+from ..errors import InputError
+from ..voices import Clone, Voice
 from .metrics import Metrics
 from .settings import ServerSettings
 
@@ -29,7 +32,9 @@ def open_library(root: Path, reserved: list[str]) -> Any:
 
 @dataclasses.dataclass
 class ServerState:
-    """The shared state of one server. ``owns_engine``: the engine is closed when the app shuts down."""
+    """The shared state of one server. ``owns_engine``: the engines are closed when the app shuts down.
+    ``clone_tts`` / ``clone_engine``: the optional Base model (and its engine thread) that speaks ``Clone``
+    voices when the main model is not a Base one (``engine_for``)."""
 
     tts: TTS
     engine: Engine
@@ -39,10 +44,21 @@ class ServerState:
     model_name: str = "qtts"
     owns_engine: bool = True
     started: float = dataclasses.field(default_factory=time.time)
+    clone_tts: TTS | None = None
+    clone_engine: Engine | None = None
 
     @classmethod
-    def create(cls, settings: ServerSettings, tts: TTS | None = None) -> ServerState:
-        """Load the model (unless ``tts`` is given), start its engine thread and open the voice library."""
+    def create(cls, settings: ServerSettings, tts: TTS | None = None, clone_tts: TTS | None = None) -> ServerState:
+        """Load the model (unless ``tts`` is given) and the Base clone model (``settings.clone_model``, unless
+        ``clone_tts`` is given), start their engine threads and open the voice library. A clone model that is
+        not a Base checkpoint raises ``InputError`` before any engine starts."""
+        if clone_tts is None and settings.clone_model is not None:
+            log.info("loading the clone model %s", settings.clone_model)
+            clone_tts = TTS.from_pretrained(settings.clone_model, device=settings.device, dtype=settings.dtype,
+                                            quantize=settings.quantize)
+        if clone_tts is not None and clone_tts.kind != "base":
+            raise InputError(f"--clone-model must be a Base (voice clone) checkpoint; "
+                             f"{settings.clone_model or 'the clone model'} is a {clone_tts.kind!r} checkpoint")
         if tts is None:
             from ..checkpoint import default_checkpoint
 
@@ -55,11 +71,32 @@ class ServerState:
             name = settings.model_name or Path(str(model).rstrip("/")).name
         else:
             name = settings.model_name or "qtts"
-        engine = Engine(tts, EngineConfig(settings.max_batch, settings.max_waiting, settings.wait_timeout))
+        if clone_tts is not None and tts.kind == "base":
+            log.warning("the main model is already a Base checkpoint; the clone model is not needed (unused)")
+            clone_tts = None
+        config = EngineConfig(settings.max_batch, settings.max_waiting, settings.wait_timeout)
+        engine = Engine(tts, config)
         metrics = Metrics()
         engine.observers.append(metrics.observe)
-        return cls(tts, engine, settings, metrics, open_library(settings.data_dir, tts.speakers), name)
+        clone_engine = None
+        if clone_tts is not None:
+            clone_engine = Engine(clone_tts, config)
+            clone_engine.observers.append(metrics.observe)
+        return cls(tts, engine, settings, metrics, open_library(settings.data_dir, tts.speakers), name,
+                   clone_tts=clone_tts, clone_engine=clone_engine)
+
+    def engine_for(self, voice: Voice | None) -> tuple[TTS, Engine]:
+        """The model and engine that speak ``voice``: the clone model for ``Clone`` voices when the main model is
+        not a Base one, else the main model. A ``Clone`` voice with neither raises ``InputError`` (about ``voice``)."""
+        if isinstance(voice, Clone) and self.tts.kind != "base":
+            if self.clone_engine is None:
+                raise InputError(f"voice: clone voices (saved clones, locked designs) need a Base model; this server "
+                                 f"runs a {self.tts.kind!r} checkpoint: start it with --clone-model BASE_CHECKPOINT")
+            return self.clone_tts, self.clone_engine
+        return self.tts, self.engine
 
     def close(self) -> None:
         if self.owns_engine:
             self.engine.close()
+            if self.clone_engine is not None:
+                self.clone_engine.close()

@@ -5,15 +5,18 @@
 * ``GET /v1/audio/voices/{name}``: one voice.
 * ``POST /v1/audio/voices``: ``multipart/form-data`` with ``name``, ``audio`` (wav / flac / ogg / mp3 file) and
   optionally ``ref_text`` (its transcript; without it, or with ``x_vector_only=true``, only the speaker
-  embedding is kept) saves a cloned voice (Base checkpoints only); ``name`` and ``description`` (form or JSON)
-  save a designed voice (VoiceDesign checkpoints only). ``lock=true`` (fix a design to a clone prompt of its
-  first rendering) needs a Base checkpoint loaded alongside the VoiceDesign one, which this one-model server
-  does not have: it is refused with a 400 that says so.
+  embedding is kept) saves a cloned voice (a Base checkpoint, or a server started with ``--clone-model``);
+  ``name`` and ``description`` (form or JSON) save a designed voice (VoiceDesign checkpoints only).
+  ``lock=true`` fixes a design to a clone prompt of its first rendering, so it sounds the same every time: the
+  VoiceDesign model speaks ``LOCK_TEXT`` once with the description (seed ``LOCK_SEED``, as an ordinary engine
+  stream), the Base clone model (``--clone-model``) encodes that audio and text into an ICL clone prompt, and
+  the voice is saved with it (``locked: true``); speaking it then runs on the clone model. Without a clone
+  model ``lock=true`` is refused with a 400 that says what to pass.
 * ``DELETE /v1/audio/voices/{name}``: remove a saved voice.
 
 Errors are JSON ``{"error": {"message", "type", "param", "code"}}``: 400 bad field (``param`` names it), 404
-unknown voice, 409 name taken, 413 upload too big, 415 unsupported content type. Clone prompts are computed on
-the engine thread (``state.engine.run``), never on the event loop.
+unknown voice, 409 name taken, 413 upload too big, 415 unsupported content type, 503 engine busy (locking).
+Clone prompts are computed on the Base model's engine thread (``engine.run``), never on the event loop.
 """
 
 from __future__ import annotations
@@ -29,17 +32,21 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import ClientDisconnect
 
 from ..audio import load_audio
+from ..engine import EngineBusy, EngineClosed
 from ..errors import InputError, QttsError
-from ..voices import ClonePrompt
+from ..voices import ClonePrompt, Design
 from .library import VoiceExists, VoiceLibrary, VoiceRecord, check_not_reserved, validate_name
 
 FORM_OVERHEAD_BYTES = 64 * 1024  # room for the text fields and multipart boundaries beside the audio file
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+LOCK_TEXT = "The morning was quiet, and I read the letter slowly, one line at a time."  # neutral, ~5 s
+LOCK_SEED = 0
 
 
 class VoiceState(Protocol):
-    """What the routes need from the server state: ``tts``, ``engine``, ``library``, ``settings``."""
+    """What the routes need from the server state: ``tts``, ``engine``, ``library``, ``settings`` (and, when
+    it has them, ``clone_tts`` / ``clone_engine``: the Base model loaded beside a non-Base one)."""
 
     tts: Any
     engine: Any
@@ -50,14 +57,16 @@ class VoiceState(Protocol):
 class FieldError(Exception):
     """A request problem to answer with ``status`` and a message naming ``param``."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
         return JSONResponse({"error": {"message": self.message, "type": kind, "param": self.param,
-                                       "code": self.code}}, status_code=self.status)
+                                       "code": self.code}}, status_code=self.status, headers=self.headers)
 
 
 def voice_router(state: VoiceState) -> APIRouter:
@@ -66,18 +75,20 @@ def voice_router(state: VoiceState) -> APIRouter:
 
     @router.get("/v1/audio/voices")
     async def list_voices() -> JSONResponse:
-        tts = state.tts
+        tts, kinds = state.tts, _kinds(state)
         builtin = [{"name": s, "kind": "speaker", "builtin": True, "usable": True}
                    for s in (tts.speakers if tts.kind == "custom_voice" else [])]
-        saved = [_voice_json(r, tts.kind) for r in await asyncio.to_thread(state.library.list)]
-        return JSONResponse({"object": "list", "model_kind": tts.kind, "data": builtin + saved})
+        saved = [_voice_json(r, kinds) for r in await asyncio.to_thread(state.library.list)]
+        clone_model = getattr(state, "clone_engine", None) is not None  # a Base model beside the main one
+        return JSONResponse({"object": "list", "model_kind": tts.kind, "clone_model": clone_model,
+                             "data": builtin + saved})
 
     @router.get("/v1/audio/voices/{name}")
     async def get_voice(name: str) -> JSONResponse:
         record = await asyncio.to_thread(state.library.get, name)
         if record is None:
             return FieldError(404, f"no saved voice named {name!r}", "name", "voice_not_found").response()
-        return JSONResponse(_voice_json(record, state.tts.kind))
+        return JSONResponse(_voice_json(record, _kinds(state)))
 
     @router.post("/v1/audio/voices")
     async def save_voice(request: Request) -> JSONResponse:
@@ -91,7 +102,7 @@ def voice_router(state: VoiceState) -> APIRouter:
             for value in fields.values():
                 if isinstance(value, UploadFile):
                     await value.close()
-        return JSONResponse(_voice_json(record, state.tts.kind), status_code=201)
+        return JSONResponse(_voice_json(record, _kinds(state)), status_code=201)
 
     @router.delete("/v1/audio/voices/{name}")
     async def delete_voice(name: str) -> JSONResponse:
@@ -104,10 +115,23 @@ def voice_router(state: VoiceState) -> APIRouter:
     return router
 
 
-def _voice_json(record: VoiceRecord, model_kind: str) -> dict[str, Any]:
+def _clone_side(state: VoiceState) -> tuple[Any, Any]:
+    """``(tts, engine)`` of the Base model that makes and speaks clone prompts: the main model when it is a Base
+    one, else the clone model (``--clone-model``); ``(None, None)`` when there is neither."""
+    if state.tts.kind == "base":
+        return state.tts, state.engine
+    clone_tts, clone_engine = getattr(state, "clone_tts", None), getattr(state, "clone_engine", None)
+    return (clone_tts, clone_engine) if clone_tts is not None and clone_engine is not None else (None, None)
+
+
+def _kinds(state: VoiceState) -> set[str]:
+    """The checkpoint kinds this server can speak with."""
+    return {state.tts.kind} | ({"base"} if _clone_side(state)[0] is not None else set())
+
+
+def _voice_json(record: VoiceRecord, kinds: set[str]) -> dict[str, Any]:
     needs = "base" if record.kind == "clone" or record.locked else "voice_design"
-    usable = model_kind == needs
-    return {**record.to_dict(), "builtin": False, "usable": usable}
+    return {**record.to_dict(), "builtin": False, "usable": needs in kinds}
 
 
 # ---- request parsing ------------------------------------------------------------------------------------
@@ -218,10 +242,11 @@ async def _save(state: VoiceState, fields: dict[str, Any]) -> VoiceRecord:
 
 
 async def _save_clone(state: VoiceState, name: str, fields: dict[str, Any]) -> VoiceRecord:
-    tts = state.tts
-    if tts.kind != "base":
-        raise FieldError(400, f"saving a cloned voice needs a Base checkpoint; this server runs a {tts.kind!r} "
-                         "checkpoint", "audio", "unsupported_model")
+    tts, engine = _clone_side(state)
+    if tts is None:
+        raise FieldError(400, f"saving a cloned voice needs a Base checkpoint; this server runs a {state.tts.kind!r} "
+                         "checkpoint (start it with --clone-model BASE_CHECKPOINT to add one)", "audio",
+                         "unsupported_model")
     upload: UploadFile = fields["audio"]
     data = await upload.read()
     limit = state.settings.max_upload_bytes
@@ -236,8 +261,7 @@ async def _save_clone(state: VoiceState, name: str, fields: dict[str, Any]) -> V
         samples, sr = await asyncio.to_thread(load_audio, data)
     except InputError as e:
         raise FieldError(400, f"'audio': {e}", "audio") from None
-    prompt = await state.engine.run(_clone_prompt, tts, samples, sr, None if x_vector_only else ref_text,
-                                    x_vector_only)
+    prompt = await engine.run(_clone_prompt, tts, samples, sr, None if x_vector_only else ref_text, x_vector_only)
     meta = {"filename": upload.filename, "sample_rate": sr, "duration_s": round(len(samples) / sr, 3)}
     return await _add(state.library.add_clone, name, prompt, **meta)
 
@@ -263,15 +287,45 @@ async def _save_design(state: VoiceState, name: str, fields: dict[str, Any]) -> 
     if tts.kind != "voice_design":
         raise FieldError(400, f"saving a designed voice needs a VoiceDesign checkpoint; this server runs a "
                          f"{tts.kind!r} checkpoint", "description", "unsupported_model")
-    if _flag(fields, "lock"):
+    lock = _flag(fields, "lock")
+    if lock and _clone_side(state)[0] is None:
         raise FieldError(400, "'lock' needs a Base checkpoint loaded alongside the VoiceDesign one (to make a "
-                         "clone prompt from the voice's first rendering); this server loads one model, so designed "
-                         "voices are saved unlocked", "lock", "unsupported_model")
+                         "clone prompt from the voice's first rendering): start the server with --clone-model "
+                         "BASE_CHECKPOINT, or save the design unlocked", "lock", "unsupported_model")
     try:
         tts.prompts.text_ids(description, "description")
     except InputError as e:
         raise FieldError(400, f"'description': {e}", "description") from None
-    return await _add(state.library.add_design, name, description)
+    locked = await _lock_prompt(state, description) if lock else None
+    return await _add(state.library.add_design, name, description, locked)
+
+
+async def _lock_prompt(state: VoiceState, description: str) -> ClonePrompt:
+    """Render ``LOCK_TEXT`` once with the design (a stream on the VoiceDesign engine, so live streams keep
+    going), then encode that audio and text into an ICL clone prompt on the Base model's engine."""
+    tts, engine = state.tts, state.engine
+    clone_tts, clone_engine = _clone_side(state)
+    parts: list[np.ndarray] = []
+    try:
+        prepared = await engine.run(tts.prepare, LOCK_TEXT, Design(description), "auto", None, LOCK_SEED)
+        handle = engine.submit(prepared)
+        try:
+            async for chunk in handle:
+                parts.append(chunk.audio)
+        finally:
+            handle.cancel()
+    except (EngineBusy, EngineClosed) as e:
+        retry = str(max(1, round(getattr(e, "retry_after", 1.0))))
+        raise FieldError(503, f"could not render the voice to lock it: {e}", None, "engine_busy",
+                         {"Retry-After": retry}) from None
+    except InputError as e:
+        raise FieldError(400, f"'description': {e}", "description") from None
+    audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    try:
+        return await clone_engine.run(clone_tts.create_clone_prompt, (audio, tts.sample_rate), LOCK_TEXT)
+    except InputError as e:
+        raise FieldError(400, f"'description': its rendering ({len(audio) / tts.sample_rate:.2f} s) could not be "
+                         f"locked ({e}); try another description, or save it unlocked", "description") from None
 
 
 async def _add(fn: Any, *args: Any, **kwargs: Any) -> VoiceRecord:

@@ -4,7 +4,8 @@ Client -> server (JSON text messages):
 
 * ``{"type": "config", "voice": ..., "language": ..., "instructions": ..., "seed": ..., <sampling>,
   "max_new_tokens": ...}`` — optional, before an utterance's first text; applies to the following utterances
-  (the voice is kept across utterances). Voices map as in ``POST /v1/audio/speech``.
+  (the voice is kept across utterances). Voices map (and clone voices route to the clone model) as in
+  ``POST /v1/audio/speech``.
 * ``{"type": "text", "text": "..."}`` — a piece of text; the first piece after a flush starts an utterance.
 * ``{"type": "flush"}`` — the utterance's text is complete; it is spoken to the end. An utterance that gets
   no message for ``ServerSettings.text_timeout`` seconds before its flush is cancelled (error on ``text``).
@@ -75,11 +76,14 @@ class _Connection:
             config = StreamConfig.model_validate(data)
         except ValidationError as e:
             raise from_validation(e) from None
-        most = self.state.tts.generation.max_new_tokens
+        voice, instruct = await resolve_voice(self.state.tts, self.state.library, config.voice, config.instructions)
+        try:
+            most = self.state.engine_for(voice)[0].generation.max_new_tokens
+        except QttsError as e:
+            raise input_error(e) from None
         if config.max_new_tokens is not None and config.max_new_tokens > most:
             raise ApiError(422, f"max_new_tokens: at most {most}", "max_new_tokens")
-        self.voice, self.instruct = await resolve_voice(self.state.tts, self.state.library, config.voice,
-                                                        config.instructions)
+        self.voice, self.instruct = voice, instruct
         self.config, self.resolved = config, True
 
     async def start(self) -> None:
@@ -90,9 +94,9 @@ class _Connection:
             self.voice, self.instruct = await resolve_voice(state.tts, state.library, None, None)
             self.resolved = True
         try:
-            session = await state.engine.run(state.tts.prepare_session, self.voice, c.language, self.instruct,
-                                             c.seed, options)
-            handle = state.engine.submit(session)
+            tts, engine = state.engine_for(self.voice)  # clone voices on the clone model, when one is loaded
+            session = await engine.run(tts.prepare_session, self.voice, c.language, self.instruct, c.seed, options)
+            handle = engine.submit(session)
         except QttsError as e:
             raise _as_api(e) from None
         self.session, self.handle, self.chars = session, handle, 0
