@@ -373,10 +373,22 @@ class Runner:
         audio = np.zeros(0, dtype=np.float32)
         if job.pending and job.codec_state is not None:
             assert self.decoder is not None
-            pcm = self.decoder.decode_step(codes.T[None].to(self.codec_device), job.codec_state)
+            try:
+                pcm = self.decoder.decode_step(codes.T[None].to(self.codec_device), job.codec_state)
+            except Exception as error:  # this stream's codec failed: fail it alone, the batch goes on
+                self._fail(job, error)
+                return
             audio = pcm[0, 0].float().cpu().numpy()
         job.pending = []
         job.sink(self._chunk(job, audio, codes, reason))
+
+    def _fail(self, job: Job, error: BaseException) -> None:
+        """End ``job`` with ``error`` (its sink gets the exception) and free its slot if it still holds one."""
+        job.finish_reason = "error"
+        job.pending, job.codec_state = [], None
+        if job.row >= 0:
+            self._release(job)
+        job.sink(error)
 
     def _chunk(self, job: Job, audio: np.ndarray, codes: torch.Tensor | None, reason: str | None) -> AudioChunk:
         start = job.emitted
@@ -384,9 +396,8 @@ class Runner:
         return AudioChunk(audio, self.sample_rate, start, job.emitted, time.perf_counter() - job.started,
                           reason, codes)
 
-    def _finish(self, job: Job, reason: str) -> None:
-        """Free ``job``'s slot (moving the last live slot into it), then emit its last chunk."""
-        job.finish_reason = reason
+    def _release(self, job: Job) -> None:
+        """Free ``job``'s slot; the last live slot moves into it so that live rows stay ``0..n-1``."""
         state = self.state
         assert state is not None
         row, last = job.row, self.live[-1]
@@ -397,6 +408,11 @@ class Runner:
         self.live.pop()
         state.active[len(self.live)] = False
         job.row = -1
+
+    def _finish(self, job: Job, reason: str) -> None:
+        """Free ``job``'s slot (moving the last live slot into it), then emit its last chunk."""
+        job.finish_reason = reason
+        self._release(job)
         try:
             self._emit(job, reason)
         finally:

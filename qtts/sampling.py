@@ -12,6 +12,7 @@ import dataclasses
 import torch
 
 _M32 = 0xFFFFFFFF
+_BELOW_ONE = 1.0 - 2.0**-24  # the largest float32 below 1
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -30,12 +31,16 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, group: int, vocab: int) -> torch.Tensor:
-    """Uniform noise in (0, 1), ``[B, vocab]`` float32, a pure function of (seed, step, group, token)."""
+    """Uniform noise in (0, 1), ``[B, vocab]`` float32, a pure function of (seed, step, group, token).
+
+    The open interval matters: ``sample`` divides by ``-log(u)``, and a ``u`` that rounded to 1.0 would give
+    ``0 / 0 = NaN`` for a masked token, which ``argmax`` then picks. 24 bits plus a half step do not fit a
+    float32 mantissa below 1, so the top value is clamped to the largest float32 below 1."""
     s = _mix32((seeds & _M32) ^ _mix32((seeds >> 32) & _M32))
     s = _mix32(s ^ _mix32((steps & _M32) + 0x9E3779B9 * (group + 1) & _M32))
     tokens = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
     h = _mix32(s[:, None] ^ _mix32(tokens)[None, :])
-    return ((h >> 8).float() + 0.5) / float(1 << 24)
+    return (((h >> 8).float() + 0.5) / float(1 << 24)).clamp(max=_BELOW_ONE)
 
 
 @dataclasses.dataclass
@@ -78,7 +83,8 @@ def sample(logits: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, s
     filtered = filter_top_k_top_p(scaled, params.top_k, params.top_p)
     probs = filtered.softmax(dim=-1)
     race = probs / -torch.log(uniform_noise(seeds, steps, group, logits.shape[-1]))
-    drawn = race.argmax(dim=-1)
+    # A filtered-out token has probability 0 and must never win the race, whatever the noise.
+    drawn = race.masked_fill(probs <= 0, -1.0).argmax(dim=-1)
     return torch.where(params.do_sample, drawn, greedy)
 
 

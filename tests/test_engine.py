@@ -163,6 +163,39 @@ def test_a_failing_step_does_not_take_the_engine_down(tiny_tts, monkeypatch):
             list(h)
 
 
+def test_a_failing_codec_decode_fails_only_its_stream(tiny_tts, monkeypatch):
+    tts = tiny_tts["custom_voice"]
+    opts = SynthesisOptions(max_new_tokens=8)
+    prepared = [tts.prepare(TEXTS[i], voice=Speaker("ryan"), seed=i, options=opts) for i in range(2)]
+    expected = [_joined(tts.stream(TEXTS[i], voice=Speaker("ryan"), seed=i,
+                                   options=SynthesisOptions(max_new_tokens=8, chunks=ChunkPolicy(1, 1))))
+                for i in range(2)]
+    with Engine(tts, EngineConfig(max_batch=2)) as engine:
+        decoder = engine.runner.decoder
+        original = decoder.decode_step
+        calls = {"n": 0}
+
+        def flaky(codes, state):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise IndexError("simulated bad code")
+            return original(codes, state)
+
+        monkeypatch.setattr(decoder, "decode_step", flaky)
+        handles = [engine.submit(p, ChunkPolicy(1, 1)) for p in prepared]
+        outcomes = []
+        for h in handles:
+            try:
+                outcomes.append(_joined(h))
+            except IndexError:
+                outcomes.append(None)
+        assert sum(o is None for o in outcomes) == 1  # the failing stream alone
+        for got, exp in zip(outcomes, expected, strict=True):
+            if got is not None:
+                assert np.array_equal(got[1], exp[1]) and np.abs(got[0] - exp[0]).max() <= 1e-5
+        assert engine.stats()["active"] == 0 and engine.stats()["waiting"] == 0
+
+
 def test_engine_config_validation():
     with pytest.raises(InputError, match="max_batch"):
         EngineConfig(max_batch=0)

@@ -80,3 +80,17 @@ def test_sampling_reproducible_and_batch_invariant():
     single = torch.cat([sample(logits[i:i + 1], _params(1, temperature=0.9, top_k=50), seeds[i:i + 1],
                                steps[i:i + 1], 3) for i in range(3)])
     assert torch.equal(batched, single)
+
+
+def test_noise_never_reaches_one_so_masked_tokens_never_win():
+    # Seed 10236, step 0, group 0 hashes token 932 to the top 24-bit value, which rounded to u == 1.0 in
+    # float32 before the clamp; -log(1) = 0 made the masked token's race 0/0 = NaN, and argmax picked it.
+    seeds, steps = torch.tensor([10236]), torch.tensor([0])
+    u = uniform_noise(seeds, steps, 0, 3072)
+    assert float(u.max()) < 1.0 and float(u.min()) > 0.0
+    assert float(u[0, 932]) > 1.0 - 1e-6
+    logits = torch.zeros(1, 3072)
+    logits[0, 932] = float("-inf")  # e.g. a suppressed control id
+    for top_k, top_p in ((0, 1.0), (50, 1.0), (0, 0.9)):
+        token = sample(logits, _params(1, top_k=top_k, top_p=top_p), seeds, steps, 0)
+        assert int(token) != 932
