@@ -28,7 +28,8 @@ VOICES = [{"name": "vivian", "kind": "speaker", "builtin": True, "usable": True}
           {"name": "calm", "kind": "design", "builtin": False, "usable": False}]
 
 
-def _fake_app(seen: list[dict[str, Any]]) -> Any:
+def _fake_app(seen: list[dict[str, Any]], listing: dict[str, Any] | None = None) -> Any:
+    """``listing``: the ``GET /v1/audio/voices`` body (default: a CustomVoice server without a clone model)."""
     from fastapi import FastAPI
     from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
@@ -40,7 +41,13 @@ def _fake_app(seen: list[dict[str, Any]]) -> Any:
 
     @app.get("/v1/audio/voices")
     async def voices() -> JSONResponse:
-        return JSONResponse({"object": "list", "model_kind": "custom_voice", "data": VOICES})
+        return JSONResponse(listing or {"object": "list", "model_kind": "custom_voice", "data": VOICES})
+
+    @app.post("/v1/audio/voices")
+    async def save_voice(request: Request) -> JSONResponse:
+        body = await request.json()
+        seen.append({"voice": body})
+        return JSONResponse({"name": body["name"], "kind": "design", "locked": bool(body.get("lock"))}, 201)
 
     @app.post("/v1/audio/speech")
     async def speech(request: Request) -> Any:
@@ -135,6 +142,7 @@ def test_speak_streams_plays_and_reports_timing(browser: Any) -> None:
         labels = {o.get_attribute("value"): (o.text, o.is_enabled()) for o in select.options}
         assert labels["ada"] == ("ada", True) and labels["vivian"] == ("vivian", True)
         assert labels["calm"][1] is False and "not usable" in labels["calm"][0]
+        assert _lock_state(browser) == {"present": True, "shown": False, "enabled": False}  # no clone model
         select.select_by_value("ada")
         text = browser.find_element(By.ID, "text")
         text.clear()
@@ -162,6 +170,54 @@ def test_speak_streams_plays_and_reports_timing(browser: Any) -> None:
         assert "simulated failure" in status.text
 
 
+def _lock_state(driver: Any) -> dict[str, bool]:
+    """The design form's lock checkbox: in the page, displayed, enabled."""
+    return driver.execute_script(
+        "const box = document.getElementById('new-lock');"
+        "return {present: !!box, shown: !!box && box.offsetParent !== null, enabled: !!box && !box.disabled};")
+
+
+def test_lock_checkbox_follows_the_clone_model_and_sends_lock(browser: Any) -> None:
+    """A VoiceDesign server with a clone model: the lock box is shown and enabled, its hint is visible, and
+    saving a design with it checked sends the API's ``lock`` field (unchecked: no ``lock`` at all)."""
+    from selenium.webdriver.common.by import By
+
+    seen: list[dict[str, Any]] = []
+    listing = {"object": "list", "model_kind": "voice_design", "clone_model": True, "data": []}
+    with _serve(_fake_app(seen, listing)) as url:
+        browser.get(url + "/")
+        _wait(browser, "document.getElementById('voice').dataset.loaded === '0'")
+        assert _lock_state(browser) == {"present": True, "shown": True, "enabled": True}
+        assert "sounds the same every time" in browser.find_element(By.ID, "lock-hint").text
+        browser.find_element(By.ID, "new-name").send_keys("calm")
+        browser.find_element(By.ID, "new-description").send_keys("A calm, low voice.")
+        browser.find_element(By.ID, "new-lock").click()
+        browser.find_element(By.ID, "save-voice").click()
+        _wait(browser, "document.getElementById('voice-msg').textContent.startsWith('Saved')")
+        assert seen[-1] == {"voice": {"name": "calm", "description": "A calm, low voice.", "lock": True}}
+        assert browser.find_element(By.ID, "voice-msg").text == 'Saved locked design voice "calm".'
+        browser.find_element(By.ID, "new-lock").click()  # unchecked again
+        browser.find_element(By.ID, "save-voice").click()
+        _wait(browser, "document.getElementById('voice-msg').textContent === 'Saved design voice \"calm\".'")
+        assert seen[-1] == {"voice": {"name": "calm", "description": "A calm, low voice."}}
+
+
+def test_lock_checkbox_on_a_real_voice_design_server_with_a_clone_model(browser: Any, tiny_tts: Any,
+                                                                        tmp_path: Path) -> None:
+    """The real voice listing of a VoiceDesign server started with a clone model enables the lock box."""
+    from qtts.server.app import ServerSettings, ServerState, create_app
+
+    state = ServerState.create(ServerSettings(kind="voice_design", data_dir=tmp_path / "voices"),
+                               tts=tiny_tts["voice_design"], clone_tts=tiny_tts["base"])
+    try:
+        with _serve(create_app(state)) as url:
+            browser.get(url + "/")
+            _wait(browser, "document.getElementById('voice').dataset.loaded === '0'")
+            assert _lock_state(browser) == {"present": True, "shown": True, "enabled": True}
+    finally:
+        state.close()
+
+
 def test_page_speaks_through_the_real_server(browser: Any, tiny_tts: Any, tmp_path: Path) -> None:
     """The page served by the server app itself (tiny CustomVoice checkpoint): voices listed, audio streamed."""
     from selenium.webdriver.common.by import By
@@ -177,6 +233,7 @@ def test_page_speaks_through_the_real_server(browser: Any, tiny_tts: Any, tmp_pa
             _wait(browser, f"document.getElementById('voice').dataset.loaded === '{len(tts.speakers)}'")
             values = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "voice")).options]
             assert values == ["", *tts.speakers]
+            assert _lock_state(browser) == {"present": True, "shown": False, "enabled": False}
             Select(browser.find_element(By.ID, "voice")).select_by_value(tts.speakers[-1])
             text = browser.find_element(By.ID, "text")
             text.clear()

@@ -227,9 +227,11 @@ def test_health_metrics_and_logs(server, caplog):
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert int(lines["qtts_time_to_first_audio_seconds_count"]) >= 1
     assert int(lines['qtts_real_time_factor_bucket{le="+Inf"}']) >= 1
-    assert int(lines["qtts_frame_steps_total"]) == state.engine.frames_total > 0
+    assert int(lines['qtts_frame_steps_total{engine="main"}']) == state.engine.frames_total > 0
     assert int(lines["qtts_frames_total"]) == sum(s.frames for s in state.engine.finished) >= 2
-    assert lines["qtts_active_streams"] == "0" and lines["qtts_queued_streams"] == "0"
+    assert lines['qtts_active_streams{engine="main"}'] == "0" and lines['qtts_queued_streams{engine="main"}'] == "0"
+    assert lines['qtts_max_batch{engine="main"}'] == "4"
+    assert not any('engine="clone"' in key for key in lines)  # no clone model on this server
     assert int(lines['qtts_http_requests_total{method="POST",route="/v1/audio/speech",status="200"}']) >= 1
 
 
@@ -260,7 +262,7 @@ def test_api_key_and_admission_control(tiny_tts, tmp_path, server):
             assert json.loads(message)["param"] == "text" and "cancelled" in json.loads(message)["message"]
             assert wait_idle(state.engine)["active"] == 0
         client = openai.OpenAI(base_url=url + "/v1", api_key="s3cret")
-        with client.audio.speech.with_streaming_response.create(model="m", voice="ryan", input="Key accepted.",
+        with client.audio.speech.with_streaming_response.create(model="tts-1-hd", voice="ryan", input="Key accepted.",
                                                                 response_format="pcm") as ok:
             assert len(ok.read()) > 0
         auth = {"Authorization": "Bearer s3cret"}
@@ -385,3 +387,72 @@ def test_websocket_disconnect_cancels_the_utterance(server):
     stats = wait_idle(state.engine, timeout=5)
     assert stats["active"] == 0 and stats["waiting"] == 0
     assert state.engine.frames_total - before < 300 and state.engine.finished[-1].finish_reason == "cancelled"
+
+
+@pytest.mark.parametrize("model", ["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "qwen3-tts", "Qwen3-TTS", "qtts", None])
+def test_model_names_the_openai_sdk_sends_are_accepted(server, model):
+    url, _ = server
+    body = {"input": "Model names.", "voice": "ryan", "max_new_tokens": 2, "response_format": "pcm", "seed": 1}
+    response = _post(url, **body, **({} if model is None else {"model": model}))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "audio/pcm" and len(response.content) % (SPF * 2) == 0
+
+
+@pytest.mark.parametrize("model", ["whisper-1", "gpt-4o", "tts-2", "", "qtts/other"])
+def test_unknown_model_is_a_400_listing_the_accepted_names(server, model):
+    url, state = server
+    before = state.engine.frames_total
+    response = _post(url, input="Which model?", voice="ryan", model=model, max_new_tokens=1)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["type"], error["code"]) == ("model", "invalid_request_error", "model_not_found")
+    assert error["message"].startswith("model: unknown model")
+    for name in ("qtts", "qwen3-tts", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"):
+        assert name in error["message"]
+    assert state.engine.frames_total == before  # refused before any model work
+
+
+def test_models_list_and_the_loaded_name(tiny_tts, tmp_path, server):
+    """``/v1/models`` in OpenAI's list format; a model loaded from a repo id answers to it and its last part."""
+    repo = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
+    state = ServerState.create(ServerSettings(model=repo, data_dir=tmp_path), tts=tiny_tts["custom_voice"])
+    body = {"input": "Named.", "voice": "ryan", "max_new_tokens": 1, "response_format": "pcm", "seed": 1}
+    with serve(create_app(state)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+        listed = client.models.list()
+        assert [m.id for m in listed.data] == ["Qwen3-TTS-12Hz-0.6B-CustomVoice"]
+        raw = httpx.get(url + "/v1/models").json()
+        assert raw["object"] == "list" and len(raw["data"]) == 1
+        entry = raw["data"][0]
+        assert (entry["object"], entry["owned_by"], entry["kind"], entry["role"]) == (
+            "model", "qtts", "custom_voice", "main")
+        assert {repo, "qwen3-tts", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"} <= set(entry["aliases"])
+        assert httpx.get(url + "/health").json()["model"] == entry["id"] and "clone_model" not in raw
+        for name in (entry["id"], repo, "qwen3-tts"):
+            assert _post(url, **body, model=name).status_code == 200, name
+        served = len(state.engine.finished)
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.audio.speech.create(model="Qwen/Other-TTS", voice="ryan", input="No.", response_format="pcm")
+        assert refused.value.status_code == 400 and refused.value.param == "model"
+        assert repo in refused.value.message and "Qwen3-TTS-12Hz-0.6B-CustomVoice" in refused.value.message
+        assert len(state.engine.finished) == served  # the refused request never reached the engine
+
+
+def test_websocket_config_checks_model_like_the_speech_route(server):
+    from websockets.sync.client import connect
+
+    url, state = server
+    with connect(url.replace("http", "ws") + "/v1/audio/stream") as ws:
+        ws.send(json.dumps({"type": "config", "model": "whisper-1", "voice": "ryan"}))
+        error = json.loads(ws.recv(timeout=30))
+        assert (error["type"], error["param"]) == ("error", "model") and "tts-1" in error["message"]
+        ws.send(json.dumps({"type": "config", "model": "gpt-4o-mini-tts", "voice": "ryan", "seed": 1,
+                            "max_new_tokens": 2}))
+        ws.send(json.dumps({"type": "text", "text": "Still open."}))
+        ws.send(json.dumps({"type": "flush"}))
+        while True:
+            message = ws.recv(timeout=60)
+            if isinstance(message, str) and json.loads(message)["type"] in ("done", "error"):
+                break
+        assert json.loads(message)["type"] == "done" and json.loads(message)["finish_reason"] in ("stop", "length")
+    assert wait_idle(state.engine)["active"] == 0

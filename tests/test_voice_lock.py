@@ -169,3 +169,107 @@ def test_server_state_with_both_models_from_paths(tiny_checkpoints, tmp_path: Pa
     finally:
         state.close()
     assert not state.clone_engine._thread.is_alive()
+
+
+def _prompt(base_tts):
+    return base_tts.create_clone_prompt((np.sin(np.arange(24000) / 10).astype(np.float32) * 0.3, 24000),
+                                        "Hello there.")
+
+
+def _metrics(text: str) -> dict[str, str]:
+    return dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def test_metrics_report_both_engines_and_observe_clone_streams(tiny_tts, tmp_path: Path) -> None:
+    """``/metrics`` labels the live gauges per engine (``main`` / ``clone``); the stream histograms and counters
+    count the clone engine's streams too."""
+    import httpx
+
+    from .serving import serve, wait_idle
+
+    state = _state(tiny_tts, tmp_path / "voices")
+    state.library.add_clone("ada", _prompt(tiny_tts["base"]))
+    body = {"input": "A long answer nobody waits for.", "voice": "ada", "response_format": "pcm", "seed": 3,
+            "max_new_tokens": 4000}
+    with serve(create_app(state)) as url:
+        lines = _metrics(httpx.get(url + "/metrics").text)
+        for engine in ("main", "clone"):
+            assert lines[f'qtts_active_streams{{engine="{engine}"}}'] == "0"
+            assert lines[f'qtts_queued_streams{{engine="{engine}"}}'] == "0"
+            assert lines[f'qtts_max_batch{{engine="{engine}"}}'] == str(state.settings.max_batch)
+            assert lines[f'qtts_frame_steps_total{{engine="{engine}"}}'] == "0"
+        assert "qtts_active_streams" not in lines  # no unlabelled gauge any more
+        with httpx.Client(timeout=60) as http, http.stream("POST", url + "/v1/audio/speech", json=body) as live:
+            assert live.status_code == 200
+            held = live.iter_raw()
+            next(held)  # the clone voice's stream holds a slot on the clone engine
+            lines = _metrics(http.get(url + "/metrics").text)
+            assert lines['qtts_active_streams{engine="clone"}'] == "1"
+            assert lines['qtts_active_streams{engine="main"}'] == "0"
+        wait_idle(state.clone_engine)
+        designed = httpx.post(url + "/v1/audio/speech", timeout=60, json={
+            "input": "Designed.", "instructions": DESCRIPTION, "response_format": "pcm", "seed": 1,
+            "max_new_tokens": 3})
+        assert designed.status_code == 200, designed.text
+        wait_idle(state.engine)
+        lines = _metrics(httpx.get(url + "/metrics").text)
+        main, clone = state.engine.finished, state.clone_engine.finished
+        assert len(main) == len(clone) == 1 and clone[0].finish_reason == "cancelled"
+        assert int(lines['qtts_frame_steps_total{engine="clone"}']) == state.clone_engine.frames_total > 0
+        assert int(lines['qtts_frame_steps_total{engine="main"}']) == state.engine.frames_total > 0
+        # both streams are observed: the cancelled clone stream had its first audio, so both count for TTFA
+        assert int(lines["qtts_time_to_first_audio_seconds_count"]) == 2
+        assert lines['qtts_streams_total{finish_reason="cancelled"}'] == "1"
+        assert int(lines["qtts_frames_total"]) == main[0].frames + clone[0].frames
+
+
+def test_every_engine_reports_to_the_metrics_once(tiny_tts, tmp_path: Path) -> None:
+    """However the state is made (``create`` or the dataclass itself), both engines feed ``metrics`` once."""
+    from qtts.engine import Engine, EngineConfig
+    from qtts.server.metrics import Metrics
+
+    made = _state(tiny_tts, tmp_path / "a")
+    direct = ServerState(tiny_tts["voice_design"], Engine(tiny_tts["voice_design"], EngineConfig()),
+                         ServerSettings(kind="voice_design", data_dir=tmp_path / "b"), Metrics(),
+                         clone_tts=tiny_tts["base"], clone_engine=Engine(tiny_tts["base"], EngineConfig()))
+    try:
+        for state in (made, direct):
+            assert [label for label, _ in state.engines()] == ["main", "clone"]
+            for _, engine in state.engines():
+                assert engine.observers.count(state.metrics.observe) == 1
+        assert direct.model_ids.clone == "qtts-clone"
+    finally:
+        made.close()
+        direct.close()
+
+
+def test_models_with_a_clone_model(tiny_tts, tmp_path: Path) -> None:
+    """``/v1/models`` lists both models; the clone model's name is accepted for the voices it speaks."""
+    settings = ServerSettings(model="Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign", kind="voice_design",
+                              clone_model="/ckpt/Qwen3-TTS-12Hz-1.7B-Base/", data_dir=tmp_path / "voices")
+    state = ServerState.create(settings, tts=tiny_tts["voice_design"], clone_tts=tiny_tts["base"])
+    state.library.add_clone("ada", _prompt(tiny_tts["base"]))
+    body = {"input": "Hi.", "response_format": "pcm", "seed": 1, "max_new_tokens": 2}
+    with TestClient(create_app(state)) as client:
+        data = client.get("/v1/models").json()["data"]
+        assert [(m["id"], m["role"], m["kind"], m["owned_by"]) for m in data] == [
+            ("Qwen3-TTS-12Hz-1.7B-VoiceDesign", "main", "voice_design", "qtts"),
+            ("Qwen3-TTS-12Hz-1.7B-Base", "clone", "base", "qtts")]
+        assert "/ckpt/Qwen3-TTS-12Hz-1.7B-Base" in data[1]["aliases"] and "tts-1" in data[0]["aliases"]
+        assert client.get("/health").json()["clone_model"] == "Qwen3-TTS-12Hz-1.7B-Base"
+        for model in ("Qwen3-TTS-12Hz-1.7B-Base", "/ckpt/Qwen3-TTS-12Hz-1.7B-Base", "tts-1", "qwen3-tts",
+                      "Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign"):
+            resp = client.post("/v1/audio/speech", json={**body, "voice": "ada", "model": model})
+            assert resp.status_code == 200, (model, resp.text)
+        assert len(state.clone_engine.finished) == 5 and not state.engine.finished
+        design = {**body, "instructions": DESCRIPTION, "model": "Qwen3-TTS-12Hz-1.7B-Base"}
+        refused = client.post("/v1/audio/speech", json=design)  # the clone model cannot speak a design
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "model"
+        assert "Qwen3-TTS-12Hz-1.7B-VoiceDesign" in refused.json()["error"]["message"]
+        unknown = client.post("/v1/audio/speech", json={**design, "model": "Qwen3-TTS-12Hz-0.6B-Base"})
+        assert unknown.status_code == 400 and "Qwen3-TTS-12Hz-1.7B-Base" in unknown.json()["error"]["message"]
+        assert not state.engine.finished
+        with client.websocket_connect("/v1/audio/stream") as ws:
+            ws.send_text(json.dumps({"type": "config", "model": "Qwen3-TTS-12Hz-1.7B-Base",
+                                     "instructions": DESCRIPTION}))
+            assert json.loads(ws.receive_text())["param"] == "model"

@@ -4,7 +4,9 @@
 finished stream); ``render(engine_stats)`` produces the ``/metrics`` body: histograms of time to first audio
 and real-time factor, counters of finished streams (by finish reason), their frames and audio seconds (so
 ``rate(qtts_frames_total[1m])`` is frames per second), batched frame steps, HTTP requests (by route and
-status), and gauges of active and queued streams read from the engine at scrape time.
+status), and gauges of active and queued streams read from each engine at scrape time (labelled
+``engine="main"`` / ``engine="clone"``: a server started with ``--clone-model`` runs two engine threads, both
+observed).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..engine import StreamStats
 
@@ -77,8 +79,10 @@ class Metrics:
         with self._lock:
             self.requests[(method, route, status)] += 1
 
-    def render(self, engine: dict[str, int]) -> str:
-        """The ``/metrics`` body (Prometheus text format 0.0.4)."""
+    def render(self, engines: Mapping[str, Mapping[str, int]]) -> str:
+        """The ``/metrics`` body (Prometheus text format 0.0.4). ``engines``: each engine's ``Engine.stats()``
+        by label (``main``, and ``clone`` with a clone model): its frame steps and live gauges carry an
+        ``engine`` label; the stream histograms and counters cover the streams of every engine."""
         with self._lock:
             lines = [
                 "# HELP qtts_time_to_first_audio_seconds Seconds from request submission to the first audio chunk.",
@@ -101,18 +105,14 @@ class Metrics:
                 *(f'qtts_http_requests_total{{method="{_label(m)}",route="{_label(r)}",status="{s}"}} {n}'
                   for (m, r, s), n in sorted(self.requests.items())),
             ]
-        lines += [
-            "# HELP qtts_frame_steps_total Batched frame steps run by the engine (one frame for every live stream).",
-            "# TYPE qtts_frame_steps_total counter",
-            f"qtts_frame_steps_total {engine['frames_total']}",
-            "# HELP qtts_active_streams Streams holding a batch slot.",
-            "# TYPE qtts_active_streams gauge",
-            f"qtts_active_streams {engine['active']}",
-            "# HELP qtts_queued_streams Streams waiting for a slot or for text.",
-            "# TYPE qtts_queued_streams gauge",
-            f"qtts_queued_streams {engine['waiting']}",
-            "# HELP qtts_max_batch Batch slots of the engine.",
-            "# TYPE qtts_max_batch gauge",
-            f"qtts_max_batch {engine['max_batch']}",
-        ]
+        per_engine = (
+            ("qtts_frame_steps_total", "counter", "frames_total",
+             "Batched frame steps run by each engine (one frame for every live stream)."),
+            ("qtts_active_streams", "gauge", "active", "Streams holding a batch slot, per engine."),
+            ("qtts_queued_streams", "gauge", "waiting", "Streams waiting for a slot or for text, per engine."),
+            ("qtts_max_batch", "gauge", "max_batch", "Batch slots of each engine."),
+        )
+        for name, kind, key, help_text in per_engine:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            lines += [f'{name}{{engine="{_label(label)}"}} {stats[key]}' for label, stats in engines.items()]
         return "\n".join(lines) + "\n"

@@ -44,7 +44,8 @@ class SamplingFields(BaseModel):
 
 
 class SpeechRequest(SamplingFields):
-    """``POST /v1/audio/speech``: OpenAI's fields plus ``SamplingFields``.
+    """``POST /v1/audio/speech``: OpenAI's fields plus ``SamplingFields``. ``model`` is checked by the route
+    against the names the server answers to (``qtts.server.models``).
 
     ``speed`` must be 1.0: qtts has no pitch-preserving time-stretch, and the request is refused rather than
     the field silently ignored.
@@ -87,4 +88,5 @@ class StreamConfig(SamplingFields):
     """WebSocket ``{"type": "config", ...}``: the voice and options of the following utterances."""
 
     type: Literal["config"] = "config"
+    model: StrictStr | None = None
     voice: StrictStr | None = None

@@ -1,6 +1,7 @@
 """``POST /v1/audio/speech``: OpenAI-compatible text to speech, streamed as it is generated.
 
-The request is validated, its voice resolved and its model inputs prepared on the engine thread
+The request is validated (``model`` must be a name this server answers to, see ``qtts.server.models``), its
+voice resolved and its model inputs prepared on the engine thread
 (``engine.run(tts.prepare, ...)``); then it is submitted to the engine (the clone model's engine for a clone
 voice on a server started with ``--clone-model``, see ``ServerState.engine_for``). Response headers are sent
 only once the first audio chunk is ready, so admission failures still become ``503`` + ``Retry-After``. The body is
@@ -150,6 +151,7 @@ def speech_router(state: ServerState) -> APIRouter:
     @router.post("/v1/audio/speech")
     async def speech(request: Request) -> Response:
         req = parse(await read_json(request, state.settings.max_upload_bytes), state.settings.max_input_chars)
+        role = state.model_ids.check(req.model)  # 400 naming model for a name this server does not answer to
         try:
             check_format(req.response_format)
         except FormatError as e:
@@ -159,6 +161,7 @@ def speech_router(state: ServerState) -> APIRouter:
             tts, engine = state.engine_for(voice)  # clone voices on the clone model, when one is loaded
         except InputError as e:
             raise input_error(e) from None
+        state.model_ids.check_engine(role, engine is state.clone_engine, req.voice_name)
         if req.max_new_tokens is not None and req.max_new_tokens > tts.generation.max_new_tokens:
             raise ApiError(422, f"max_new_tokens: at most {tts.generation.max_new_tokens}", "max_new_tokens")
         options = SynthesisOptions(sampling=req.sampling(), max_new_tokens=req.max_new_tokens)

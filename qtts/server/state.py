@@ -15,6 +15,7 @@ from ..engine import Engine, EngineConfig
 from ..errors import InputError
 from ..voices import Clone, Voice
 from .metrics import Metrics
+from .models import ModelIds, source_names
 from .settings import ServerSettings
 
 log = logging.getLogger("qtts.server")
@@ -34,7 +35,9 @@ def open_library(root: Path, reserved: list[str]) -> Any:
 class ServerState:
     """The shared state of one server. ``owns_engine``: the engines are closed when the app shuts down.
     ``clone_tts`` / ``clone_engine``: the optional Base model (and its engine thread) that speaks ``Clone``
-    voices when the main model is not a Base one (``engine_for``)."""
+    voices when the main model is not a Base one (``engine_for``). ``model_ids``: the model names that
+    ``/v1/models`` lists and the ``model`` field accepts (default: from ``model_name``). Every engine reports
+    its finished streams to ``metrics`` (registered here, once, however the state was made)."""
 
     tts: TTS
     engine: Engine
@@ -46,6 +49,14 @@ class ServerState:
     started: float = dataclasses.field(default_factory=time.time)
     clone_tts: TTS | None = None
     clone_engine: Engine | None = None
+    model_ids: ModelIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.model_ids is None:
+            self.model_ids = ModelIds.build(self.model_name, has_clone=self.clone_engine is not None)
+        for _, engine in self.engines():
+            if self.metrics.observe not in engine.observers:
+                engine.observers.append(self.metrics.observe)
 
     @classmethod
     def create(cls, settings: ServerSettings, tts: TTS | None = None, clone_tts: TTS | None = None) -> ServerState:
@@ -68,22 +79,23 @@ class ServerState:
                 log.warning("no model given; using the offline demo checkpoint %s (tiny, random, untrained: "
                             "it sounds like noise)", model)
             tts = TTS.from_pretrained(model, device=settings.device, dtype=settings.dtype, quantize=settings.quantize)
-            name = settings.model_name or Path(str(model).rstrip("/")).name
+            source = str(model)
         else:
-            name = settings.model_name or "qtts"
+            source = settings.model
+        name = settings.model_name or (source_names(source)[-1] if source else "qtts")
         if clone_tts is not None and tts.kind == "base":
             log.warning("the main model is already a Base checkpoint; the clone model is not needed (unused)")
             clone_tts = None
         config = EngineConfig(settings.max_batch, settings.max_waiting, settings.wait_timeout)
+        ids = ModelIds.build(name, source, settings.clone_model, has_clone=clone_tts is not None)
         engine = Engine(tts, config)
-        metrics = Metrics()
-        engine.observers.append(metrics.observe)
-        clone_engine = None
-        if clone_tts is not None:
-            clone_engine = Engine(clone_tts, config)
-            clone_engine.observers.append(metrics.observe)
-        return cls(tts, engine, settings, metrics, open_library(settings.data_dir, tts.speakers), name,
-                   clone_tts=clone_tts, clone_engine=clone_engine)
+        clone_engine = Engine(clone_tts, config) if clone_tts is not None else None
+        return cls(tts, engine, settings, Metrics(), open_library(settings.data_dir, tts.speakers), name,
+                   clone_tts=clone_tts, clone_engine=clone_engine, model_ids=ids)
+
+    def engines(self) -> list[tuple[str, Engine]]:
+        """``(label, engine)`` of every engine: ``("main", ...)`` and, with a clone model, ``("clone", ...)``."""
+        return [("main", self.engine)] + ([("clone", self.clone_engine)] if self.clone_engine is not None else [])
 
     def engine_for(self, voice: Voice | None) -> tuple[TTS, Engine]:
         """The model and engine that speak ``voice``: the clone model for ``Clone`` voices when the main model is

@@ -2,10 +2,10 @@
 
 Client -> server (JSON text messages):
 
-* ``{"type": "config", "voice": ..., "language": ..., "instructions": ..., "seed": ..., <sampling>,
-  "max_new_tokens": ...}`` — optional, before an utterance's first text; applies to the following utterances
-  (the voice is kept across utterances). Voices map (and clone voices route to the clone model) as in
-  ``POST /v1/audio/speech``.
+* ``{"type": "config", "model": ..., "voice": ..., "language": ..., "instructions": ..., "seed": ...,
+  <sampling>, "max_new_tokens": ...}`` — optional, before an utterance's first text; applies to the following
+  utterances (the voice is kept across utterances). ``model`` is checked, voices map (and clone voices route
+  to the clone model) as in ``POST /v1/audio/speech``.
 * ``{"type": "text", "text": "..."}`` — a piece of text; the first piece after a flush starts an utterance.
 * ``{"type": "flush"}`` — the utterance's text is complete; it is spoken to the end. An utterance that gets
   no message for ``ServerSettings.text_timeout`` seconds before its flush is cancelled (error on ``text``).
@@ -76,11 +76,14 @@ class _Connection:
             config = StreamConfig.model_validate(data)
         except ValidationError as e:
             raise from_validation(e) from None
+        role = self.state.model_ids.check(config.model)  # as in POST /v1/audio/speech
         voice, instruct = await resolve_voice(self.state.tts, self.state.library, config.voice, config.instructions)
         try:
-            most = self.state.engine_for(voice)[0].generation.max_new_tokens
+            tts, engine = self.state.engine_for(voice)
         except QttsError as e:
             raise input_error(e) from None
+        self.state.model_ids.check_engine(role, engine is self.state.clone_engine, config.voice)
+        most = tts.generation.max_new_tokens
         if config.max_new_tokens is not None and config.max_new_tokens > most:
             raise ApiError(422, f"max_new_tokens: at most {most}", "max_new_tokens")
         self.voice, self.instruct = voice, instruct
