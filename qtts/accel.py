@@ -26,6 +26,7 @@ import time
 import torch
 
 from .errors import InputError
+from .gemv import use_row_kernels_
 from .generate import EAGER, FrameState, Kernels, decode_frame
 from .model.talker import Talker
 from .sampling import process_code0_logits, sample
@@ -34,13 +35,16 @@ from .sampling import process_code0_logits, sample
 @dataclasses.dataclass(frozen=True)
 class AccelOptions:
     """``compile``: ``torch.compile`` the frame step; ``cuda_graphs``: capture it in CUDA graphs (CUDA only);
-    ``max_frames``: cache slots preallocated per stream when shapes are static (prompt + generated frames)."""
+    ``max_frames``: cache slots preallocated per stream when shapes are static (prompt + generated frames);
+    ``row_kernels``: one-row CPU products of the talker's linear layers as a compiled reduction (``qtts.gemv``;
+    a single stream's frame on CPU; independent of ``compile``)."""
 
     compile: bool = False
     cuda_graphs: bool = False
     max_frames: int = 2048
     compile_backend: str = "inductor"  # "eager" / "aot_eager" trace without code generation (tests)
     pipelined: bool | None = None  # launch frame t+1 before reading frame t (None: on CUDA only)
+    row_kernels: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_frames, int) or self.max_frames < 64:
@@ -49,6 +53,31 @@ class AccelOptions:
     @property
     def static(self) -> bool:
         return self.compile or self.cuda_graphs
+
+
+ACCEL_PARTS = ("compile", "cuda-graphs", "row-kernels")
+ACCEL_HELP = ("acceleration: auto (CUDA graphs on CUDA, eager on CPU), eager, or a comma-separated set of "
+              "compile, cuda-graphs (CUDA only), row-kernels (CPU, one stream; see qtts.gemv)")
+
+
+def parse_accel(value: str | None, device: torch.device | str) -> AccelOptions:
+    """Options for an ``--accel`` value: ``auto`` (or None), ``eager``, or a comma-separated set of
+    ``compile``, ``cuda-graphs``, ``row-kernels``. ``auto`` means CUDA graphs on a CUDA device, else eager."""
+    device = torch.device(device)
+    text = "auto" if value is None else str(value).strip().lower()
+    if text == "auto":
+        return AccelOptions(cuda_graphs=device.type == "cuda")
+    if text == "eager":
+        return AccelOptions()
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in ACCEL_PARTS]
+    if unknown or not parts:
+        raise InputError(f"unknown accel {value!r}: use auto, eager, or a comma-separated set of "
+                         f"{', '.join(ACCEL_PARTS)}")
+    if "cuda-graphs" in parts and device.type != "cuda":
+        raise InputError(f"accel cuda-graphs needs a CUDA device; the model is on {device.type}")
+    return AccelOptions(compile="compile" in parts, cuda_graphs="cuda-graphs" in parts,
+                        row_kernels="row-kernels" in parts)
 
 
 STATIC = Kernels(fixed_span=True)
@@ -173,6 +202,7 @@ class StaticFrameStep(FrameStep):
 
 def make_frame_step(talker: Talker, options: AccelOptions | None) -> FrameStep:
     """The frame step for ``options`` (None or all off: eager; compiled blocks are switched back to eager)."""
+    use_row_kernels_(talker, options is not None and options.row_kernels)
     if options is None or not options.compile:
         uncompile_regions(talker)
     if options is None or not options.static:

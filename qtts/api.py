@@ -110,14 +110,21 @@ class TTS:
     # ---- runners and acceleration -------------------------------------------------------------------
 
     def accelerate(self, *, compile: bool = False, cuda_graphs: bool = False, max_frames: int = 2048,
-                   compile_backend: str = "inductor", pipelined: bool | None = None) -> None:
+                   compile_backend: str = "inductor", pipelined: bool | None = None,
+                   row_kernels: bool = False) -> None:
         """Run the frame step through ``torch.compile`` and/or CUDA graphs (CUDA only), applied from outside
         the model; ``compile=False, cuda_graphs=False`` returns to eager. Engines and runners made afterwards use
         it; warm-up and capture happen once per runner (``Engine`` s and the pooled runners of
         ``stream`` / ``synthesize`` keep theirs). ``max_frames``: cache slots per stream with static shapes;
         ``compile_backend``: the ``torch.compile`` backend; ``pipelined``: launch frame t+1 before reading frame
-        t's results, overlapping host and device work (default: on CUDA only)."""
-        options = AccelOptions(bool(compile), bool(cuda_graphs), max_frames, compile_backend, pipelined)
+        t's results, overlapping host and device work (default: on CUDA only); ``row_kernels``: one-row CPU
+        products (a single stream) as a compiled reduction that streams the weights faster than torch's CPU
+        ``linear`` (``qtts.gemv``; codes can part from eager at near-ties)."""
+        self.set_accel(AccelOptions(bool(compile), bool(cuda_graphs), max_frames, compile_backend, pipelined,
+                                    bool(row_kernels)))
+
+    def set_accel(self, options: AccelOptions) -> None:
+        """``accelerate`` with an ``AccelOptions`` value (e.g. from ``qtts.accel.parse_accel``)."""
         if options.cuda_graphs and self.device.type != "cuda":
             raise InputError(f"CUDA graphs need a CUDA device; this model is on {self.device.type}")
         with self._runners_lock:

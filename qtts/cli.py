@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .accel import ACCEL_HELP
 from .errors import QttsError
 
 
@@ -52,6 +53,7 @@ class _Progress:
 
 
 def _load(args: argparse.Namespace):
+    from .accel import parse_accel
     from .api import TTS
     from .checkpoint import default_checkpoint
 
@@ -61,7 +63,9 @@ def _load(args: argparse.Namespace):
         model = default_checkpoint(kind)
         print(f"note: no --model given; using the offline demo checkpoint {model} "
               "(tiny, random, untrained: it sounds like noise)", file=sys.stderr)
-    return TTS.from_pretrained(model, device=args.device, dtype=args.dtype, quantize=args.quantize)
+    tts = TTS.from_pretrained(model, device=args.device, dtype=args.dtype, quantize=args.quantize)
+    tts.set_accel(parse_accel(getattr(args, "accel", None), tts.device))
+    return tts
 
 
 def _voice(tts, args: argparse.Namespace):
@@ -129,6 +133,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="float32 / bfloat16 / float16 (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--quantize", choices=["none", "int8"], default="none",
                    help="int8: weight-only int8 talker/predictor linear layers (opt-in; see BENCHMARKS.md)")
+    p.add_argument("--accel", default="auto", help=ACCEL_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,7 @@ def settings_from_args(args: argparse.Namespace):
         max_input_chars=args.max_input_chars, max_upload_bytes=args.max_upload_bytes, max_batch=args.max_batch,
         max_waiting=args.max_waiting, wait_timeout=args.wait_timeout, text_timeout=args.text_timeout,
         data_dir=Path(args.data_dir) if args.data_dir else default_data_dir(), model_name=args.model_name,
+        accel=getattr(args, "accel", None),
     )
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from ..accel import parse_accel
 from ..errors import InputError
 
 
@@ -27,7 +28,9 @@ class ServerSettings:
     ``wait_timeout``: the engine's admission control (streams per frame step, requests queued for a slot,
     seconds a request may wait for one); ``text_timeout``: seconds a WebSocket utterance may wait for its next
     text before it is cancelled (an idle client must not hold a batch slot forever); ``data_dir``: the voice
-    library folder; ``model_name``: the name reported by ``/v1/models`` (default: the checkpoint folder's name).
+    library folder; ``model_name``: the name reported by ``/v1/models`` (default: the checkpoint folder's name);
+    ``accel``: the models' acceleration, as ``qtts.accel.parse_accel`` (None: ``auto`` for a model the server
+    loads; a model handed in keeps its own).
     """
 
     model: str | None = None
@@ -47,6 +50,7 @@ class ServerSettings:
     text_timeout: float = 60.0
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
     model_name: str | None = None
+    accel: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_input_chars", "max_upload_bytes", "max_batch", "max_waiting"):
@@ -64,4 +68,6 @@ class ServerSettings:
             raise InputError("api_key must not be empty (leave it unset to disable authentication)")
         if self.clone_model is not None and not str(self.clone_model).strip():
             raise InputError("clone_model must not be empty (leave it unset to serve one model)")
+        if self.accel is not None:
+            parse_accel(self.accel, "cuda")  # the form only; the device is checked when the model is loaded
         object.__setattr__(self, "data_dir", Path(self.data_dir))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..accel import parse_accel
 from ..api import TTS
 from ..engine import Engine, EngineConfig
 from ..errors import InputError
@@ -63,6 +64,7 @@ class ServerState:
         """Load the model (unless ``tts`` is given) and the Base clone model (``settings.clone_model``, unless
         ``clone_tts`` is given), start their engine threads and open the voice library. A clone model that is
         not a Base checkpoint raises ``InputError`` before any engine starts."""
+        source_loaded, clone_loaded = tts is None, clone_tts is None and settings.clone_model is not None
         if clone_tts is None and settings.clone_model is not None:
             log.info("loading the clone model %s", settings.clone_model)
             clone_tts = TTS.from_pretrained(settings.clone_model, device=settings.device, dtype=settings.dtype,
@@ -86,6 +88,9 @@ class ServerState:
         if clone_tts is not None and tts.kind == "base":
             log.warning("the main model is already a Base checkpoint; the clone model is not needed (unused)")
             clone_tts = None
+        for model_tts, loaded in ((tts, source_loaded), (clone_tts, clone_loaded)):
+            if model_tts is not None and (loaded or settings.accel is not None):
+                model_tts.set_accel(parse_accel(settings.accel, model_tts.device))
         config = EngineConfig(settings.max_batch, settings.max_waiting, settings.wait_timeout)
         ids = ModelIds.build(name, source, settings.clone_model, has_clone=clone_tts is not None)
         engine = Engine(tts, config)

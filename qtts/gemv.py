@@ -1,0 +1,151 @@
+"""One-row matrix products on CPU as a compiled reduction (opt-in: ``tts.accelerate(row_kernels=True)``).
+
+A single stream's frame step multiplies one activation row by every weight matrix: a matrix-vector product
+whose speed is the rate at which the weights stream from memory. PyTorch's CPU ``linear`` for one row reads
+float32 weights at ~16 GB/s and bfloat16 ones at ~10 GB/s on one core of the development machine (about 27
+GB/s copy bandwidth), and ``torch._weight_int8pack_mm`` is compute-bound. The same product written as an
+element-wise multiply and a row sum, ``(x * w).sum(-1)`` with float32 accumulation, and compiled by
+``torch.compile`` (inductor emits one vectorised reduction loop), streams at ~20 GB/s in every dtype
+(``bench/row_kernels.py``). For more than one row the reduction would read the weights once per row, so
+``linear`` keeps those.
+
+The kernel sums in a different order than the BLAS ``linear``, so results differ in the last bits (float32:
+~1e-6 relative) and greedy codes can part from the eager reference at near-ties; the eager path, which
+matches the official package exactly, stays the default.
+
+``use_row_kernels_(module, True)`` overrides ``forward`` on the module's ``nn.Linear`` and ``Int8Linear``
+instances (an instance attribute: the modules, their parameters and state-dict names are untouched);
+``use_row_kernels_(module, False)`` removes the override. If the compiled kernel cannot be built (no C++
+compiler for inductor, for instance) the first call warns once and every layer falls back to ``linear``.
+"""
+
+from __future__ import annotations
+
+import threading
+import types
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quant import Int8Linear
+
+
+def _row(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x [1, K] @ w[N, K]^T -> [1, N]`` as a float32-accumulated reduction, cast to ``x.dtype``."""
+    return (x.float() * w.float()).sum(-1)[None].to(x.dtype)
+
+
+def _row_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``x [1, K]`` times int8 ``q [N, K]`` with per-output ``scales [N]`` -> ``[1, N]`` in ``x.dtype``."""
+    return ((x.float() * q.float()).sum(-1) * scales.float())[None].to(x.dtype)
+
+
+class _Kernels:
+    """The compiled kernels (built lazily, once per process; dynamic shapes, so one build serves all)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ok: bool | None = None  # None: not tried yet
+        self.row = torch.compile(_row, dynamic=True)
+        self.row_int8 = torch.compile(_row_int8, dynamic=True)
+
+    def check(self) -> bool:
+        """Build and check both kernels on a small product; on failure warn once and disable them."""
+        with self.lock:
+            if self.ok is None:
+                try:
+                    x = torch.linspace(-1, 1, 40)[None]
+                    w = torch.cos(torch.arange(24 * 40, dtype=torch.float32) * 0.7).view(24, 40)
+                    q = torch.arange(24 * 40).remainder(255).sub(127).to(torch.int8).view(24, 40)
+                    s = torch.rand(24) + 0.5
+                    ok = torch.allclose(self.row(x, w), F.linear(x, w), rtol=1e-4, atol=1e-5)
+                    ok &= torch.allclose(self.row_int8(x, q, s), F.linear(x, q.float()) * s, rtol=1e-4, atol=1e-3)
+                    self.ok = bool(ok)
+                    reason = "its result did not match torch.nn.functional.linear"
+                except Exception as error:  # e.g. inductor cannot find a C++ compiler
+                    self.ok = False
+                    reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                if not self.ok:
+                    warnings.warn(f"qtts row kernels are unavailable ({reason}); using torch linear",
+                                  RuntimeWarning, stacklevel=3)
+            return self.ok
+
+
+_KERNELS: _Kernels | None = None
+_KERNELS_LOCK = threading.Lock()
+
+
+def _kernels() -> _Kernels:
+    global _KERNELS
+    with _KERNELS_LOCK:
+        if _KERNELS is None:
+            _KERNELS = _Kernels()
+        return _KERNELS
+
+
+def available() -> bool:
+    """Whether the compiled row kernels build and pass their check on this machine (builds them once)."""
+    return _kernels().check()
+
+
+def _one_cpu_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return x.is_cpu and weight.is_cpu and x.numel() == x.shape[-1]
+
+
+def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if torch.compiler.is_compiling():  # inside a compiled region (accelerate(compile=True)): fuse the reduction
+        if _one_cpu_row(x, self.weight):
+            y = _row(x.reshape(1, -1), self.weight)
+            y = y if self.bias is None else y + self.bias
+            return y.reshape(*x.shape[:-1], self.out_features)
+        return F.linear(x, self.weight, self.bias)
+    if _one_cpu_row(x, self.weight) and _kernels().check():
+        y = _kernels().row(x.reshape(1, -1), self.weight.detach())  # a tensor, not a parameter: dynamic shape
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+    return nn.Linear.forward(self, x)
+
+
+def _int8_forward(self: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        if _one_cpu_row(x, self.weight_int8):
+            y = _row_int8(x.reshape(1, -1), self.weight_int8, self.scales)
+            y = y if self.bias is None else y + self.bias.to(y.dtype)
+            return y.reshape(*x.shape[:-1], self.out_features)
+        return Int8Linear.forward(self, x)
+    if _one_cpu_row(x, self.weight_int8) and _kernels().check():
+        y = _kernels().row_int8(x.reshape(1, -1), self.weight_int8, self.scales)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+    return Int8Linear.forward(self, x)
+
+
+def use_row_kernels_(module: nn.Module, enabled: bool = True) -> int:
+    """Route one-row CPU products of every ``nn.Linear`` / ``Int8Linear`` in ``module`` through the compiled
+    row kernels (``enabled``) or back to their own ``forward``. Returns the number of layers switched."""
+    count = 0
+    for layer in module.modules():
+        if isinstance(layer, Int8Linear):
+            patched = _int8_forward
+        elif isinstance(layer, nn.Linear):
+            patched = _linear_forward
+        else:
+            continue
+        if enabled:
+            layer.forward = types.MethodType(patched, layer)
+        else:
+            layer.__dict__.pop("forward", None)
+        count += 1
+    return count
+
+
+def uses_row_kernels(module: nn.Module) -> bool:
+    """Whether ``use_row_kernels_(module, True)`` is in effect (judged on its first linear layer)."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, Int8Linear)):
+            return "forward" in layer.__dict__
+    return False

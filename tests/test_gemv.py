@@ -1,0 +1,107 @@
+"""Row kernels (``qtts.gemv``): one-row CPU products as a compiled reduction; ``--accel`` parsing."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qtts import TTS, InputError, Sampling, Speaker, SynthesisOptions, gemv
+from qtts.accel import parse_accel
+from qtts.quant import Int8Linear
+
+needs_kernels = pytest.mark.skipif(not gemv.available(), reason="torch.compile (inductor) cannot build kernels here")
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_product_matches_linear_and_batches_are_untouched(dtype):
+    torch.manual_seed(0)
+    layer = nn.Linear(200, 37, bias=True).to(dtype)  # odd sizes: the kernel is not tied to vector widths
+    x1, x3 = torch.randn(1, 1, 200, dtype=dtype), torch.randn(3, 200, dtype=dtype)
+    expected1, expected3 = layer(x1), layer(x3)
+    assert gemv.use_row_kernels_(layer, True) == 1 and gemv.uses_row_kernels(layer)
+    got1, got3 = layer(x1), layer(x3)
+    assert got1.shape == (1, 1, 37) and got1.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(got1.float(), expected1.float(), rtol=tol, atol=tol)
+    assert not torch.equal(got1, expected1) or dtype == torch.bfloat16  # float32: really another kernel
+    assert torch.equal(got3, expected3)  # several rows: torch's linear, bit for bit
+    gemv.use_row_kernels_(layer, False)
+    assert not gemv.uses_row_kernels(layer) and torch.equal(layer(x1), expected1)
+
+
+@needs_kernels
+def test_int8_row_product_matches_the_dequantized_product():
+    torch.manual_seed(1)
+    layer = Int8Linear.from_linear(nn.Linear(96, 50, bias=True), kernel="dequant")
+    x = torch.randn(1, 96)
+    exact = F.linear(x, layer.dequantized()) + layer.bias
+    gemv.use_row_kernels_(layer, True)
+    assert torch.allclose(layer(x), exact, rtol=1e-5, atol=1e-5)
+    assert torch.equal(layer(torch.cat([x, x])), Int8Linear.forward(layer, torch.cat([x, x])))
+
+
+@needs_kernels
+def test_row_kernels_keep_eager_codes_on_the_tiny_model(tiny_checkpoints):
+    """Greedy codes of a single stream with row kernels equal eager's (float32, tiny shape), and switching them
+    off restores the model's own forward."""
+    tts = TTS.from_pretrained(tiny_checkpoints["custom_voice"], device="cpu")
+    opts = SynthesisOptions(sampling=Sampling.greedy(), max_new_tokens=20)
+    expected = tts.synthesize("Row kernels give the same codes.", voice=Speaker("ryan"), options=opts)
+    tts.accelerate(row_kernels=True)
+    got = tts.synthesize("Row kernels give the same codes.", voice=Speaker("ryan"), options=opts)
+    assert gemv.uses_row_kernels(tts.model.talker)
+    assert torch.equal(got.codes, expected.codes)
+    assert np.abs(got.audio - expected.audio).max() <= 1e-4
+    tts.accelerate()
+    tts.synthesize("x", voice=Speaker("ryan"), options=SynthesisOptions(sampling=Sampling.greedy(), max_new_tokens=2))
+    assert not gemv.uses_row_kernels(tts.model.talker)
+
+
+def test_unbuildable_kernels_warn_once_and_fall_back(monkeypatch):
+    kernels = gemv._Kernels()
+
+    def broken(*_args):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(kernels, "row", broken)
+    monkeypatch.setattr(gemv, "_KERNELS", kernels)
+    layer = nn.Linear(16, 8)
+    x = torch.randn(1, 16)
+    expected = layer(x)
+    gemv.use_row_kernels_(layer, True)
+    with pytest.warns(RuntimeWarning, match="row kernels are unavailable.*no C\\+\\+ compiler"):
+        assert torch.equal(layer(x), expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(layer(x), expected)  # decided once: no second warning
+    assert not gemv.available()
+
+
+def test_parse_accel():
+    assert parse_accel("auto", "cpu") == parse_accel(None, "cpu") == parse_accel("eager", "cpu")
+    assert parse_accel("auto", "cuda").cuda_graphs
+    opts = parse_accel(" Compile, row-kernels ", "cpu")
+    assert opts.compile and opts.row_kernels and not opts.cuda_graphs
+    with pytest.raises(InputError, match="cuda-graphs needs a CUDA device"):
+        parse_accel("cuda-graphs", "cpu")
+    for bad in ("fast", "", "compile,warp"):
+        with pytest.raises(InputError, match="unknown accel"):
+            parse_accel(bad, "cpu")
+
+
+def test_cli_and_server_take_accel(tiny_checkpoints):
+    from qtts.cli import _load, build_parser
+    from qtts.server.settings import ServerSettings
+
+    args = build_parser().parse_args(["speak", "hi", "--model", str(tiny_checkpoints["custom_voice"]),
+                                      "--device", "cpu", "--accel", "row-kernels"])
+    assert _load(args).accel.row_kernels
+    with pytest.raises(InputError, match="unknown accel"):
+        ServerSettings(accel="turbo")
+    assert ServerSettings(accel="compile,cuda-graphs").accel == "compile,cuda-graphs"  # the device is checked at load
