@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .accel import AccelOptions, make_frame_step
+from .codec.chunks import make_chunk_decoder
 from .codec.tokenizer import SpeechTokenizer
 from .config import GenerationConfig, ModelConfig, SpeechTokenizerConfig, read_json
 from .embed import embed_plan
@@ -133,8 +134,9 @@ class TTS:
 
     def new_runner(self, max_batch: int = 1, decode: bool = True) -> Runner:
         """A fresh runner over this model with the current acceleration options."""
+        chunks = make_chunk_decoder(self.codec.decoder, self.accel.cuda_graphs) if decode else None
         return Runner(self.model.talker, self.tts_pad(), self.codec.decoder if decode else None, self.sample_rate,
-                      max_batch, make_frame_step(self.model.talker, self.accel), self.accel.pipelined)
+                      max_batch, make_frame_step(self.model.talker, self.accel), self.accel.pipelined, chunks)
 
     def take_runner(self, max_batch: int = 1) -> Runner:
         """An idle pooled runner with ``max_batch`` slots (or a new one); hand it back with ``give_runner``."""

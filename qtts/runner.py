@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .accel import FrameStep
+from .codec.chunks import ChunkDecoder
 from .codec.decoder import CodecDecoder
 from .errors import InputError
 from .generate import FrameState, StreamParams, prefill
@@ -165,7 +166,7 @@ class Runner:
 
     def __init__(self, talker: Talker, pad: torch.Tensor, decoder: CodecDecoder | None = None,
                  sample_rate: int = 24000, max_batch: int = 1, step: FrameStep | None = None,
-                 pipelined: bool | None = None) -> None:
+                 pipelined: bool | None = None, chunk_decoder: ChunkDecoder | None = None) -> None:
         if not isinstance(max_batch, int) or max_batch < 1:
             raise InputError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.talker, self.pad, self.decoder, self.max_batch = talker, pad, decoder, max_batch
@@ -173,6 +174,8 @@ class Runner:
         self.groups = talker.cfg.num_code_groups
         self.sample_rate = sample_rate
         self.codec_device = next(decoder.parameters()).device if decoder is not None else None
+        # Chunk decode of one stream (eager, or on fixed buffers replayed as CUDA graphs).
+        self.chunk_decoder = chunk_decoder or (ChunkDecoder(decoder) if decoder is not None else None)
         self.step_fn = step or FrameStep(talker)
         device = talker.codec_head.weight.device
         # Pipelined: frame t+1 is launched before frame t's results are read, so host work (EOS checks,
@@ -374,7 +377,7 @@ class Runner:
         if job.pending and job.codec_state is not None:
             assert self.decoder is not None
             try:
-                pcm = self.decoder.decode_step(codes.T[None].to(self.codec_device), job.codec_state)
+                pcm = self.chunk_decoder(codes.T[None].to(self.codec_device), job.codec_state)
             except Exception as error:  # this stream's codec failed: fail it alone, the batch goes on
                 self._fail(job, error)
                 return

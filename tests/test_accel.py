@@ -88,6 +88,30 @@ def test_accelerate_validation(tiny_tts):
     assert not tts.accel.static
 
 
+def test_static_chunk_decoder_in_the_runner(tiny_checkpoints, monkeypatch):
+    """The runner decodes chunks through its chunk decoder: the fixed-buffer one (graphs off, so it runs on
+    CPU) gives eager's audio for every chunk size the policy makes, remainders included."""
+    from qtts import api
+    from qtts.codec.chunks import StaticChunkDecoder
+
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
+    opts = SynthesisOptions(max_new_tokens=29, chunks=ChunkPolicy(1, 16))  # 1, 2, 4, 8, 14: pieces 8+4+2
+    expected = list(tts.stream(TEXTS[1], voice=Speaker("ryan"), seed=3, options=opts))
+    made = []
+
+    def static(decoder, cuda_graphs):
+        made.append(StaticChunkDecoder(decoder, graphs=False))
+        return made[-1]
+
+    monkeypatch.setattr(api, "make_chunk_decoder", static)
+    tts.accelerate()  # new runners from here on
+    got = list(tts.stream(TEXTS[1], voice=Speaker("ryan"), seed=3, options=opts))
+    assert made and [c.end - c.start for c in got] == [c.end - c.start for c in expected]
+    assert any(c.end - c.start not in (1, 2, 4, 8) for c in got)
+    for a, b in zip(got, expected, strict=True):  # float32: cutting 14 frames as 8+4+2 rounds differently
+        assert np.array_equal(a.codes, b.codes) and np.abs(a.audio - b.audio).max() <= 1e-4
+
+
 @cuda
 @pytest.mark.gpu
 def test_cuda_graphs_equal_eager(tiny_checkpoints):
@@ -99,9 +123,11 @@ def test_cuda_graphs_equal_eager(tiny_checkpoints):
     opts = SynthesisOptions(max_new_tokens=14)
     a = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=opts)
     runner = tts._runners[1][0]
-    captured = runner.step_fn.capture_seconds
+    captured, codec_captured = runner.step_fn.capture_seconds, runner.chunk_decoder.capture_seconds
+    assert runner.chunk_decoder.graphs and codec_captured > 0  # the codec's chunk decode is graphed too
     b = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=opts)
     assert runner.step_fn.capture_seconds == captured
+    assert runner.chunk_decoder.capture_seconds == codec_captured
     assert torch.equal(a.codes, b.codes) and np.array_equal(a.codes.numpy(), expected[0][1])
 
 
