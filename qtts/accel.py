@@ -201,7 +201,8 @@ class StaticFrameStep(FrameStep):
 
 
 def make_frame_step(talker: Talker, options: AccelOptions | None) -> FrameStep:
-    """The frame step for ``options`` (None or all off: eager; compiled blocks are switched back to eager)."""
+    """The frame step for ``options`` (None or all off: eager; compiled blocks are switched back to eager, and
+    the talker's row kernels are switched on or off as ``options.row_kernels`` says)."""
     use_row_kernels_(talker, options is not None and options.row_kernels)
     if options is None or not options.compile:
         uncompile_regions(talker)

@@ -23,6 +23,7 @@ from .codec.tokenizer import SpeechTokenizer
 from .config import GenerationConfig, ModelConfig, SpeechTokenizerConfig, read_json
 from .embed import embed_plan
 from .errors import CheckpointError, InputError, UnsupportedModeError
+from .gemv import use_row_kernels_
 from .generate import StreamParams
 from .loop import StreamInput, generate_codes
 from .model.tts import TTSModel
@@ -131,6 +132,7 @@ class TTS:
         with self._runners_lock:
             self.accel = options
             self._runners = {}
+        use_row_kernels_(self.model.talker, options.row_kernels)  # at once: also for direct module use (profile)
 
     def new_runner(self, max_batch: int = 1, decode: bool = True) -> Runner:
         """A fresh runner over this model with the current acceleration options."""

@@ -48,6 +48,10 @@ class _Kernels:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.ok: bool | None = None  # None: not tried yet
+        # One graph per dtype and shape class (sizes of 1, equal sizes): dynamo's default limit of 8 graphs per
+        # function would be reached by a process using several dtypes, after which it runs the reduction
+        # eagerly (materialising float32 copies of the weights: several times slower than linear).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.row = torch.compile(_row, dynamic=True)
         self.row_int8 = torch.compile(_row_int8, dynamic=True)
 
@@ -102,7 +106,9 @@ def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             return y.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
     if _one_cpu_row(x, self.weight) and _kernels().check():
-        y = _kernels().row(x.reshape(1, -1), self.weight.detach())  # a tensor, not a parameter: dynamic shape
+        # A fresh row (views of other tensors guard on their base and offset: a recompile per kind of view) and
+        # the weight as a plain tensor (a parameter's shape would be static: a recompile per layer shape).
+        y = _kernels().row(x.reshape(1, -1).clone(), self.weight.detach())
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -117,7 +123,7 @@ def _int8_forward(self: Int8Linear, x: torch.Tensor) -> torch.Tensor:
             return y.reshape(*x.shape[:-1], self.out_features)
         return Int8Linear.forward(self, x)
     if _one_cpu_row(x, self.weight_int8) and _kernels().check():
-        y = _kernels().row_int8(x.reshape(1, -1), self.weight_int8, self.scales)
+        y = _kernels().row_int8(x.reshape(1, -1).clone(), self.weight_int8, self.scales)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)

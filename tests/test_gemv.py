@@ -54,6 +54,7 @@ def test_row_kernels_keep_eager_codes_on_the_tiny_model(tiny_checkpoints):
     opts = SynthesisOptions(sampling=Sampling.greedy(), max_new_tokens=20)
     expected = tts.synthesize("Row kernels give the same codes.", voice=Speaker("ryan"), options=opts)
     tts.accelerate(row_kernels=True)
+    assert gemv.uses_row_kernels(tts.model.talker)  # at once, not only when a runner is made
     got = tts.synthesize("Row kernels give the same codes.", voice=Speaker("ryan"), options=opts)
     assert gemv.uses_row_kernels(tts.model.talker)
     assert torch.equal(got.codes, expected.codes)
