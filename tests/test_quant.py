@@ -214,15 +214,24 @@ def test_cli_passes_quantize_through(monkeypatch, tiny_checkpoints):
 
     seen = {}
 
+    class Loaded:
+        device = torch.device("cpu")
+
+        def set_accel(self, options):
+            seen["accel"] = options
+
+    loaded = Loaded()
+
     def fake(path, **kwargs):
         seen.update(kwargs)
-        return "loaded"
+        return loaded
 
     monkeypatch.setattr(api.TTS, "from_pretrained", staticmethod(fake))
     parser = cli.build_parser()
     model = str(tiny_checkpoints["custom_voice"])
     args = parser.parse_args(["speak", "hi", "--model", model, "--quantize", "int8", "--dtype", "bfloat16"])
-    assert cli._load(args) == "loaded" and seen["quantize"] == "int8" and seen["dtype"] == "bfloat16"
+    assert cli._load(args) is loaded and seen["quantize"] == "int8" and seen["dtype"] == "bfloat16"
+    assert not seen["accel"].static and not seen["accel"].row_kernels  # --accel auto on CPU: eager
     assert parser.parse_args(["clone-prompt", "--ref-audio", "a.wav", "-o", "p", "--model", model]).quantize == "none"
     with pytest.raises(SystemExit):
         parser.parse_args(["speak", "hi", "--quantize", "int4"])
