@@ -94,8 +94,13 @@ def available() -> bool:
     return _kernels().check()
 
 
+# Smaller matrices stay in cache, where torch's linear is fast and the compiled call's fixed cost (~30 µs of
+# guards and dispatch) would dominate: the tiny demo model ran 2x slower with every layer routed here.
+MIN_WEIGHTS = 1 << 18
+
+
 def _one_cpu_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return x.is_cpu and weight.is_cpu and x.numel() == x.shape[-1]
+    return x.is_cpu and weight.is_cpu and x.numel() == x.shape[-1] and weight.numel() >= MIN_WEIGHTS
 
 
 def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:

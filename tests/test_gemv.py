@@ -17,6 +17,12 @@ from qtts.quant import Int8Linear
 needs_kernels = pytest.mark.skipif(not gemv.available(), reason="torch.compile (inductor) cannot build kernels here")
 
 
+@pytest.fixture(autouse=True)
+def _every_size(monkeypatch):
+    """The test layers are small: route them through the kernels too (the default skips cache-sized ones)."""
+    monkeypatch.setattr(gemv, "MIN_WEIGHTS", 0)
+
+
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_row_product_matches_linear_and_batches_are_untouched(dtype):
@@ -82,6 +88,16 @@ def test_unbuildable_kernels_warn_once_and_fall_back(monkeypatch):
         warnings.simplefilter("error")
         assert torch.equal(layer(x), expected)  # decided once: no second warning
     assert not gemv.available()
+
+
+def test_small_matrices_keep_linear(monkeypatch):
+    monkeypatch.setattr(gemv, "MIN_WEIGHTS", 64 * 64 + 1)
+    layer = nn.Linear(64, 64)
+    x = torch.randn(1, 64)
+    expected = layer(x)
+    gemv.use_row_kernels_(layer, True)
+    monkeypatch.setattr(gemv, "_kernels", lambda: pytest.fail("a cache-sized matrix reached the row kernel"))
+    assert torch.equal(layer(x), expected)
 
 
 def test_parse_accel():
