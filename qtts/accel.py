@@ -151,6 +151,7 @@ class StaticFrameStep(FrameStep):
         kernels = compile_regions(talker, options.compile_backend) if options.compile else STATIC
         self.fn = functools.partial(_frame, kernels=kernels)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
+        self._warm: set[int] = set()  # buckets already run (compiled) without graphs
 
     def allocate(self, batch: int, min_len: int) -> FrameState:
         return FrameState(self.talker, batch, max(min_len, self.options.max_frames), text_cap=512)
@@ -167,7 +168,15 @@ class StaticFrameStep(FrameStep):
     @torch.no_grad()
     def __call__(self, state: FrameState, rows: int, span: int) -> torch.Tensor:
         if not self.options.cuda_graphs:
-            return self.fn(self.talker, state.head(rows), span)
+            if rows in self._warm:
+                return self.fn(self.talker, state.head(rows), span)
+            t0 = time.perf_counter()  # the first call of a bucket compiles: its time is the warm-up cost
+            out = self.fn(self.talker, state.head(rows), span)
+            if out.is_cuda:
+                torch.cuda.synchronize(out.device)
+            self._warm.add(rows)
+            self.capture_seconds += time.perf_counter() - t0
+            return out
         key = (state.cache.k.data_ptr(), state.text.data_ptr(), span)
         entry = self.graphs.get(rows)
         if entry is None or entry[2] != key:

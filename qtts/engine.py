@@ -223,12 +223,17 @@ class Engine:
         """``await`` version of ``call``."""
         return await asyncio.wrap_future(self.call(fn, *args, **kwargs))
 
-    def stats(self) -> dict[str, int]:
-        """``active`` (streams in slots), ``waiting`` (queued for a slot or for text), ``frames_total``."""
+    def stats(self) -> dict[str, float]:
+        """``active`` (streams in slots), ``waiting`` (queued for a slot or for text), ``frames_total``,
+        ``max_batch`` and ``warmup_seconds``: time spent compiling and capturing CUDA graphs so far (frame step
+        buckets and codec piece sizes; paid once per engine, on first use of each)."""
         with self._cond:
             inbox = len(self._inbox)
+        codec = self.runner.chunk_decoder
+        warmup = self.runner.step_fn.capture_seconds + (codec.capture_seconds if codec is not None else 0.0)
         return {"active": len(self.runner.live), "waiting": len(self.runner.waiting) + inbox,
-                "frames_total": self.frames_total, "max_batch": self.config.max_batch}
+                "frames_total": self.frames_total, "max_batch": self.config.max_batch,
+                "warmup_seconds": round(warmup, 3)}
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the engine thread; streams still running end with ``EngineClosed``."""

@@ -44,6 +44,14 @@ def test_compiled_static_step_equals_eager(tiny_checkpoints):
     _compare(_run(tts, 4), expected, 1e-5)
     whole = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=SynthesisOptions(max_new_tokens=14))
     assert np.array_equal(whole.codes.numpy(), expected[0][1])
+    # Warm-up (compilation) is paid on a bucket's first frame, once per engine, and reported in its stats.
+    opts = SynthesisOptions(max_new_tokens=3)
+    with Engine(tts, EngineConfig(max_batch=2)) as engine:
+        assert engine.stats()["warmup_seconds"] == 0
+        list(engine.submit(tts.prepare(TEXTS[2], voice=Speaker("eric"), options=opts)))
+        warm = engine.stats()["warmup_seconds"]
+        list(engine.submit(tts.prepare(TEXTS[2], voice=Speaker("eric"), options=opts)))
+        assert warm > 0 and engine.stats()["warmup_seconds"] == warm
 
 
 @pytest.mark.parametrize("kind", ["custom_voice", "base"])

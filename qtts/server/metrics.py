@@ -79,7 +79,7 @@ class Metrics:
         with self._lock:
             self.requests[(method, route, status)] += 1
 
-    def render(self, engines: Mapping[str, Mapping[str, int]]) -> str:
+    def render(self, engines: Mapping[str, Mapping[str, float]]) -> str:
         """The ``/metrics`` body (Prometheus text format 0.0.4). ``engines``: each engine's ``Engine.stats()``
         by label (``main``, and ``clone`` with a clone model): its frame steps and live gauges carry an
         ``engine`` label; the stream histograms and counters cover the streams of every engine."""
@@ -111,8 +111,10 @@ class Metrics:
             ("qtts_active_streams", "gauge", "active", "Streams holding a batch slot, per engine."),
             ("qtts_queued_streams", "gauge", "waiting", "Streams waiting for a slot or for text, per engine."),
             ("qtts_max_batch", "gauge", "max_batch", "Batch slots of each engine."),
+            ("qtts_warmup_seconds", "gauge", "warmup_seconds",
+             "Seconds each engine has spent compiling and capturing CUDA graphs (once per bucket / piece size)."),
         )
         for name, kind, key, help_text in per_engine:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-            lines += [f'{name}{{engine="{_label(label)}"}} {stats[key]}' for label, stats in engines.items()]
+            lines += [f'{name}{{engine="{_label(label)}"}} {stats.get(key, 0)}' for label, stats in engines.items()]
         return "\n".join(lines) + "\n"
