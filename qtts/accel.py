@@ -81,6 +81,7 @@ def parse_accel(value: str | None, device: torch.device | str) -> AccelOptions:
 
 
 STATIC = Kernels(fixed_span=True)
+SPAN_STEP = 64  # compiled frame step without CUDA graphs: attention span granularity (cache slots)
 
 
 def _frame(talker: Talker, state: FrameState, span: int, kernels: Kernels = EAGER) -> torch.Tensor:
@@ -163,7 +164,12 @@ class StaticFrameStep(FrameStep):
         return min(bucket, batch)
 
     def span(self, state: FrameState, needed: int) -> int:
-        return state.cache.max_len
+        if self.options.cuda_graphs:  # a graph replays fixed shapes: attention reads the whole cache (masked)
+            return state.cache.max_len
+        # Compiled without graphs: read the slots in use, rounded up to a multiple of SPAN_STEP (the extra
+        # slots are masked), so attention cost follows the stream's length; after the first change of span
+        # dynamo compiles the blocks once more with a dynamic span and then reuses that graph.
+        return min(state.cache.max_len, -(-needed // SPAN_STEP) * SPAN_STEP)
 
     @torch.no_grad()
     def __call__(self, state: FrameState, rows: int, span: int) -> torch.Tensor:
