@@ -6,8 +6,10 @@ it once per frame. Three implementations, chosen by ``AccelOptions``:
 
 - ``FrameStep`` (eager): the reference. Attention reads exactly the cache slots in use (``span``).
 - ``compile=True``: regional ``torch.compile`` of the transformer blocks and the sampling functions (one
-  graph per block shape, reused by every layer: fast to compile); attention reads the whole static cache
-  (masked), so frame shapes stay fixed and nothing recompiles per frame.
+  graph per block shape, reused by every layer: fast to compile) on preallocated state. Without CUDA graphs
+  attention reads the cache slots in use rounded up to ``SPAN_STEP`` (masked beyond; the span becomes a
+  dynamic dimension after its first change, so nothing recompiles per frame); with graphs it reads the whole
+  static cache.
 - ``cuda_graphs=True`` (CUDA only): one CUDA graph per batch-size bucket (1, 2, 4, 8, ... up to
   ``max_batch``), captured once per runner over its preallocated state and replayed every frame; rows
   beyond the live ones are free slots (inactive: computed, never advanced). A reallocated cache or text
