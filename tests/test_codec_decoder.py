@@ -229,6 +229,37 @@ def test_conv_transpose_streaming(kernel: int, stride: int) -> None:
         assert got.shape == (2, 5, 20 * stride)
 
 
+@pytest.mark.parametrize("kernel,dilation", [(7, 1), (7, 9), (1, 1), (3, 1)])
+def test_conv_matmul_path_equals_conv1d(kernel: int, dilation: int, monkeypatch) -> None:
+    """Streaming chunks of at most C_in frames on CPU take the matrix-product path (checked by making
+    ``conv1d`` unavailable), equal to ``conv1d`` in float64."""
+    torch.manual_seed(1)
+    conv = StreamingConv1d(16, 24, kernel, dilation=dilation).double()
+    x = torch.randn(2, 16, 30, dtype=torch.float64)
+    with torch.no_grad():
+        expected = conv(x)
+        state = conv.init_state(2)
+        monkeypatch.setattr(conv.conv, "forward", lambda *_: pytest.fail("conv1d used for a short chunk"))
+        got = torch.cat([conv(x[..., i:i + n], state) for i, n in ((0, 1), (1, 16), (17, 13))], -1)
+    assert (got - expected).abs().max().item() <= 1e-12
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (16, 8), (10, 5)])
+def test_conv_transpose_matmul_path_equals_conv_transpose1d(kernel: int, stride: int, monkeypatch) -> None:
+    torch.manual_seed(2)
+    conv = StreamingConvTranspose1d(16, 12, kernel, stride).double()
+    x = torch.randn(2, 16, 30, dtype=torch.float64)
+    with torch.no_grad():
+        expected = conv(x)
+        state = conv.init_state(2)
+        import qtts.codec.conv as conv_module
+
+        monkeypatch.setattr(conv_module.F, "conv_transpose1d",
+                            lambda *_a, **_k: pytest.fail("conv_transpose1d used for a short chunk"))
+        got = torch.cat([conv(x[..., i:i + n], state) for i, n in ((0, 1), (1, 16), (17, 13))], -1)
+    assert (got - expected).abs().max().item() <= 1e-12
+
+
 def _chunked(decode, model: CodecDecoder, codes: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, object]:
     state = model.init_state(1)
     out, start = [], 0
