@@ -226,7 +226,13 @@ def decode_frame(talker: Talker, state: FrameState, span: int, kernels: Kernels 
     x = (frame_embedding(talker, codes) + next_text(state))[:, None]
     positions = state.positions[:, None]
     hidden = talker(x, positions, state.cache.layers, causal_mask(positions, span))[:, -1]
-    code0 = _sample_code0(talker, state, hidden, slice(None), kernels)
+    advance(state, hidden, _sample_code0(talker, state, hidden, slice(None), kernels))
+    return codes
+
+
+def advance(state: FrameState, hidden: torch.Tensor, code0: torch.Tensor) -> None:
+    """End a frame: active slots take the talker's ``hidden [B, H]`` and next ``code0 [B]``, note code0 as
+    seen (repetition penalty) and move one step on; inactive slots keep their state."""
     live = state.active[:, None]
     state.hidden.copy_(torch.where(live, hidden, state.hidden))
     state.code0.copy_(torch.where(state.active, code0, state.code0))
@@ -235,4 +241,3 @@ def decode_frame(talker: Talker, state: FrameState, span: int, kernels: Kernels 
     step = state.active.long()
     state.steps.add_(step)
     state.positions.add_(step)
-    return codes

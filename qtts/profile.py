@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .embed import frame_embedding
-from .generate import FrameState, decode_frame, next_text, prefill
+from .generate import FrameState, advance, decode_frame, next_text, prefill
 from .model.cache import causal_mask
 from .request import Sampling
 from .runner import ChunkPolicy
@@ -167,14 +167,7 @@ def _frame(talker: Talker, state: FrameState, span: int, timer: Timer) -> torch.
                                       cfg.codebook_size)
         code0 = sample(logits, state.talker_params, state.seeds, state.steps, 0)
     with timer("other"):
-        live = state.active[:, None]
-        state.hidden.copy_(torch.where(live, hidden, state.hidden))
-        state.code0.copy_(torch.where(state.active, code0, state.code0))
-        idx = code0[:, None]
-        state.seen.scatter_(1, idx, live | state.seen.gather(1, idx))
-        step = state.active.long()
-        state.steps.add_(step)
-        state.positions.add_(step)
+        advance(state, hidden, code0)
     return frame
 
 
