@@ -28,7 +28,6 @@ import time
 import torch
 
 from .errors import InputError
-from .gemv import use_row_kernels_
 from .generate import EAGER, FrameState, Kernels, decode_frame
 from .model.talker import Talker
 from .sampling import process_code0_logits, sample
@@ -218,9 +217,8 @@ class StaticFrameStep(FrameStep):
 
 
 def make_frame_step(talker: Talker, options: AccelOptions | None) -> FrameStep:
-    """The frame step for ``options`` (None or all off: eager; compiled blocks are switched back to eager, and
-    the talker's row kernels are switched on or off as ``options.row_kernels`` says)."""
-    use_row_kernels_(talker, options is not None and options.row_kernels)
+    """The frame step for ``options`` (None or all off: eager; compiled blocks are switched back to eager).
+    Row kernels are a model-wide switch, set by ``TTS.set_accel``."""
     if options is None or not options.compile:
         uncompile_regions(talker)
     if options is None or not options.static:

@@ -107,36 +107,26 @@ def _one_cpu_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.is_cpu and weight.is_cpu and x.numel() == x.shape[-1] and weight.numel() >= MIN_WEIGHTS
 
 
-def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if torch.compiler.is_compiling():  # inside a compiled region (accelerate(compile=True)): fuse the reduction
-        if _one_cpu_row(x, self.weight):
-            y = _row(x.reshape(1, -1), self.weight)
-            y = y if self.bias is None else y + self.bias
-            return y.reshape(*x.shape[:-1], self.out_features)
-        return F.linear(x, self.weight, self.bias)
-    if _one_cpu_row(x, self.weight) and _kernels().check():
+def _row_forward(self: nn.Linear | Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """``forward`` of a routed layer: one CPU row through the row kernel (inlined into the graph inside a compiled
+    region, e.g. ``accelerate(compile=True)``), anything else through the layer's own ``forward``."""
+    int8 = isinstance(self, Int8Linear)
+    weight = self.weight_int8 if int8 else self.weight
+    compiling = torch.compiler.is_compiling()
+    if not _one_cpu_row(x, weight) or not (compiling or _kernels().check()):
+        return (Int8Linear if int8 else nn.Linear).forward(self, x)
+    row = x.reshape(1, -1)
+    if not compiling:
         # A fresh row (views of other tensors guard on their base and offset: a recompile per kind of view) and
         # the weight as a plain tensor (a parameter's shape would be static: a recompile per layer shape).
-        y = _kernels().row(x.reshape(1, -1).clone(), self.weight.detach())
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)
-    return nn.Linear.forward(self, x)
-
-
-def _int8_forward(self: Int8Linear, x: torch.Tensor) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        if _one_cpu_row(x, self.weight_int8):
-            y = _row_int8(x.reshape(1, -1), self.weight_int8, self.scales)
-            y = y if self.bias is None else y + self.bias.to(y.dtype)
-            return y.reshape(*x.shape[:-1], self.out_features)
-        return Int8Linear.forward(self, x)
-    if _one_cpu_row(x, self.weight_int8) and _kernels().check():
-        y = _kernels().row_int8(x.reshape(1, -1).clone(), self.weight_int8, self.scales)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.reshape(*x.shape[:-1], self.out_features)
-    return Int8Linear.forward(self, x)
+        row, weight = row.clone(), weight.detach()
+    if int8:
+        y = (_row_int8 if compiling else _kernels().row_int8)(row, weight, self.scales)
+    else:
+        y = (_row if compiling else _kernels().row)(row, weight)
+    if self.bias is not None:
+        y = y + self.bias.to(y.dtype)
+    return y.reshape(*x.shape[:-1], self.out_features)
 
 
 def use_row_kernels_(module: nn.Module, enabled: bool = True) -> int:
@@ -144,14 +134,10 @@ def use_row_kernels_(module: nn.Module, enabled: bool = True) -> int:
     row kernels (``enabled``) or back to their own ``forward``. Returns the number of layers switched."""
     count = 0
     for layer in module.modules():
-        if isinstance(layer, Int8Linear):
-            patched = _int8_forward
-        elif isinstance(layer, nn.Linear):
-            patched = _linear_forward
-        else:
+        if not isinstance(layer, (nn.Linear, Int8Linear)):
             continue
         if enabled:
-            layer.forward = types.MethodType(patched, layer)
+            layer.forward = types.MethodType(_row_forward, layer)
         else:
             layer.__dict__.pop("forward", None)
         count += 1
