@@ -32,7 +32,7 @@ from .quant import QuantSummary, parse_quantize, quantize_int8_
 from .request import Sampling, frame_budget
 from .runner import AudioChunk, ChunkPolicy, Job, Runner, SessionText, Sink
 from .session import StreamSession
-from .stream import run_job
+from .stream import iterate_in_thread, run_job
 from .text import TextTokenizer
 from .textfeed import TextFeed
 from .voices import Clone, ClonePrompt, Design, Speaker, Voice
@@ -381,10 +381,7 @@ class TTS:
         Breaking out of the ``async for`` (or cancelling the task) stops generation."""
         chunks = await asyncio.to_thread(self.stream, text, voice, language, instruct, seed, options)
         try:
-            while True:
-                chunk = await asyncio.to_thread(next, chunks, None)
-                if chunk is None:
-                    return
+            async for chunk in iterate_in_thread(chunks):
                 yield chunk
         finally:
             chunks.close()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 from .errors import InputError
 from .runner import AudioChunk, Job
+from .stream import iterate_in_thread
 from .textfeed import TextFeed
 
 
@@ -55,12 +56,8 @@ class StreamSession:
         return self._iterator
 
     async def __aiter__(self) -> AsyncIterator[AudioChunk]:
-        chunks = iter(self)
         try:
-            while True:
-                chunk = await asyncio.to_thread(next, chunks, None)
-                if chunk is None:
-                    return
+            async for chunk in iterate_in_thread(iter(self)):
                 yield chunk
         finally:
             self._job.cancel()

@@ -7,7 +7,8 @@ the job, which frees its slot and state before the generator returns.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 from .runner import AudioChunk, ChunkPolicy, Job
@@ -50,3 +51,13 @@ def run_job(tts: TTS, job: Job) -> Iterator[AudioChunk]:
             job.cancel()
             runner.step()
         tts.give_runner(runner)
+
+
+async def iterate_in_thread(chunks: Iterator[AudioChunk]) -> AsyncIterator[AudioChunk]:
+    """Pull from a blocking chunk iterator in a worker thread, so model work never runs on the event loop.
+    Closing or cancelling is the caller's job (its ``finally``)."""
+    while True:
+        chunk = await asyncio.to_thread(next, chunks, None)
+        if chunk is None:
+            return
+        yield chunk
