@@ -125,6 +125,34 @@ def test_whole_text_pushed_at_once(tiny_tts):
     assert np.abs(np.concatenate([c.audio for c in session]) - expected).max() <= 1e-5
 
 
+def test_async_iteration_while_text_arrives(tiny_tts):
+    """``async for`` over a session (model work in a worker thread) while text is pushed from the event loop
+    gives the audio of the whole text pushed at once."""
+    import asyncio
+
+    tts = tiny_tts["custom_voice"]
+    opts = SynthesisOptions(max_new_tokens=25, non_streaming_mode=False)
+    expected = np.concatenate([c.audio for c in tts.stream(TEXT, voice=Speaker("ryan"), seed=2, options=opts)])
+
+    async def run() -> list:
+        session = tts.open_stream(voice=Speaker("ryan"), seed=2, options=opts)
+
+        async def feed() -> None:
+            for word in TEXT.split(" "):
+                session.push_text(word + " ")
+                await asyncio.sleep(0.01)
+            session.end()
+
+        feeding = asyncio.create_task(feed())
+        chunks = [c async for c in session]
+        await feeding
+        return chunks
+
+    chunks = asyncio.run(run())
+    assert chunks[-1].finish_reason in ("stop", "length")
+    assert np.abs(np.concatenate([c.audio for c in chunks]) - expected).max() <= 1e-5
+
+
 def test_generation_waits_for_text(tiny_tts):
     """With only two words committed, the model runs at most one frame per committed text token and waits."""
     tts = tiny_tts["custom_voice"]
