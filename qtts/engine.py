@@ -133,15 +133,19 @@ class StreamHandle:
         self._engine._on_finished(self.stats)
 
     # consumer side
+    @staticmethod
+    def _chunk(item: object) -> AudioChunk | None:
+        """A queued item as a chunk; None at the end of the stream; a queued exception is raised."""
+        if item is _DONE:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item  # type: ignore[return-value]
+
     def __iter__(self) -> Iterator[AudioChunk]:
         try:
-            while True:
-                item = self._items.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while (chunk := self._chunk(self._items.get())) is not None:
+                yield chunk
         finally:
             self.cancel()
 
@@ -156,11 +160,9 @@ class StreamHandle:
                     await self._event.wait()
                     self._event.clear()
                     continue
-                if item is _DONE:
+                if (chunk := self._chunk(item)) is None:
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+                yield chunk
         finally:
             self.cancel()
 
