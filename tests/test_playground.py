@@ -130,6 +130,18 @@ def _status(driver: Any) -> dict[str, str]:
     return json.loads(driver.execute_script("return JSON.stringify(document.getElementById('status').dataset)"))
 
 
+def _speak(driver: Any, words: str, until: str = "done", timeout: float = 120.0) -> dict[str, str]:
+    """Type ``words``, press Speak and wait for the status state ``until``; returns ``_status``."""
+    from selenium.webdriver.common.by import By
+
+    text = driver.find_element(By.ID, "text")
+    text.clear()
+    text.send_keys(words)
+    driver.find_element(By.ID, "speak").click()
+    _wait(driver, f"document.getElementById('status').dataset.state === '{until}'", timeout=timeout)
+    return _status(driver)
+
+
 def test_speak_streams_plays_and_reports_timing(browser: Any) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -235,12 +247,7 @@ def test_page_speaks_through_the_real_server(browser: Any, tiny_tts: Any, tmp_pa
             assert values == ["", *tts.speakers]
             assert _lock_state(browser) == {"present": True, "shown": False, "enabled": False}
             Select(browser.find_element(By.ID, "voice")).select_by_value(tts.speakers[-1])
-            text = browser.find_element(By.ID, "text")
-            text.clear()
-            text.send_keys("Hi.")
-            browser.find_element(By.ID, "speak").click()
-            _wait(browser, "document.getElementById('status').dataset.state === 'done'", timeout=120)
-            data = _status(browser)
+            data = _speak(browser, "Hi.")
             frames = state.engine.finished[-1].frames
             assert frames > 0 and int(data["bytes"]) == frames * tts.codec.samples_per_frame * 2
             assert int(data["scheduled"]) == int(data["bytes"]) // 2
@@ -279,12 +286,7 @@ def test_page_saves_a_cloned_voice_and_speaks_with_it(browser: Any, tiny_tts: An
             _wait(browser, "document.getElementById('voice').dataset.loaded === '1'")
             assert Select(browser.find_element(By.ID, "voice")).first_selected_option.get_attribute("value") == "ada"
             assert state.library.get("ada").ref_text == "A short reference sentence."
-            text = browser.find_element(By.ID, "text")
-            text.clear()
-            text.send_keys("Hi.")
-            browser.find_element(By.ID, "speak").click()
-            _wait(browser, "document.getElementById('status').dataset.state === 'done'", timeout=120)
-            data = _status(browser)
+            data = _speak(browser, "Hi.")
             assert int(data["bytes"]) > 0 and int(data["scheduled"]) == int(data["bytes"]) // 2
     finally:
         state.close()
