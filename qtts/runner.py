@@ -327,8 +327,14 @@ class Runner:
         state = self.state
         assert state is not None
         n = len(self.live)
-        live = set(map(id, advancing))
-        state.active[:n].copy_(torch.tensor([id(job) in live for job in self.live]))
+        # No blocking host-to-device copy per frame (it would wait for the frame in flight when pipelined): when
+        # every live slot advances (the usual case) the mask is filled on the device, else copied asynchronously.
+        if len(advancing) == n:
+            state.active[:n].fill_(True)
+        else:
+            live = set(map(id, advancing))
+            mask = torch.tensor([id(job) in live for job in self.live], pin_memory=state.active.is_cuda)
+            state.active[:n].copy_(mask, non_blocking=True)
         needed = max(job.position for job in advancing) + 1
         if needed > state.cache.max_len:
             state.cache.grow(2 * state.cache.max_len)
