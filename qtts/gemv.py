@@ -1,13 +1,13 @@
-"""One-row matrix products on CPU as a compiled reduction (opt-in: ``tts.accelerate(row_kernels=True)``).
+"""Few-row matrix products on CPU as a compiled reduction (opt-in: ``tts.accelerate(row_kernels=True)``).
 
-A single stream's frame step multiplies one activation row by every weight matrix: a matrix-vector product
-whose speed is the rate at which the weights stream from memory. PyTorch's CPU ``linear`` for one row reads
-float32 weights at ~16 GB/s and bfloat16 ones at ~10 GB/s on one core of the development machine (about 27
-GB/s copy bandwidth), and ``torch._weight_int8pack_mm`` is compute-bound. The same product written as an
-element-wise multiply and a row sum, ``(x * w).sum(-1)`` with float32 accumulation, and compiled by
-``torch.compile`` (inductor emits one vectorised reduction loop), streams at ~20 GB/s in every dtype
-(``bench/row_kernels.py``). For more than one row the reduction would read the weights once per row, so
-``linear`` keeps those.
+A single stream's frame step multiplies one activation row by every weight matrix (two rows in the code
+predictor's first step): a matrix-vector product whose speed is the rate at which the weights stream from
+memory. PyTorch's CPU ``linear`` for one row reads float32 weights at ~16 GB/s and bfloat16 ones at ~10 GB/s
+on one core of the development machine (about 27 GB/s copy bandwidth), for two rows it halves (each row
+reads the weights again), and ``torch._weight_int8pack_mm`` is compute-bound. The same product written as an
+element-wise multiply and a row sum with float32 accumulation, compiled by ``torch.compile`` (inductor emits
+one vectorised reduction loop), streams at ~20 GB/s in every dtype and reads the weights once for a few rows
+(``bench/row_kernels.py``). Beyond ``MAX_ROWS`` rows it becomes compute-bound and ``linear`` keeps those.
 
 The kernel sums in a different order than the BLAS ``linear``, so results differ in the last bits (float32:
 ~1e-6 relative) and greedy codes can part from the eager reference at near-ties; the eager path, which
@@ -31,15 +31,23 @@ from torch import nn
 
 from .quant import Int8Linear
 
+# Each activation row is its own reduction over the same weight: inductor fuses the R reductions into one loop
+# over the weight (R accumulators), so the weights are read once for all rows, and each row's result is the
+# same K-long reduction as when it is alone (bit for bit, tested). The rows are unrolled at trace time (R is
+# part of the compiled graph's guard: one graph per row count).
+
 
 def _row(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x [1, K] @ w[N, K]^T -> [1, N]`` as a float32-accumulated reduction, cast to ``x.dtype``."""
-    return (x.float() * w.float()).sum(-1)[None].to(x.dtype)
+    """``x [R, K] @ w[N, K]^T -> [R, N]`` as float32-accumulated reductions, cast to ``x.dtype``."""
+    wf = w.float()
+    return torch.stack([(x[i].float() * wf).sum(-1) for i in range(x.shape[0])]).to(x.dtype)
 
 
 def _row_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``x [1, K]`` times int8 ``q [N, K]`` with per-output ``scales [N]`` -> ``[1, N]`` in ``x.dtype``."""
-    return ((x.float() * q.float()).sum(-1) * scales.float())[None].to(x.dtype)
+    """``x [R, K]`` times int8 ``q [N, K]`` with per-output ``scales [N]`` -> ``[R, N]`` in ``x.dtype``."""
+    qf = q.float()
+    sums = torch.stack([(x[i].float() * qf).sum(-1) for i in range(x.shape[0])])
+    return (sums * scales.float()).to(x.dtype)
 
 
 class _Kernels:
@@ -103,19 +111,33 @@ def available() -> bool:
 MIN_WEIGHTS = 1 << 18
 
 
-def _one_cpu_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return x.is_cpu and weight.is_cpu and x.numel() == x.shape[-1] and weight.numel() >= MIN_WEIGHTS
+# Most activation rows a product takes through the kernel, by weight dtype (``bench/row_kernels.py`` on the
+# development machine, 1 and 2 threads, 3072x1024 and 1024x3072 weights): float32 two rows read at 14-18
+# GB/s where linear reads 9-11; bfloat16 and int8 two rows about tie with torch's kernels, and from 3-4 rows
+# (float32 from 4) the conversions make the kernel compute-bound and torch's kernels win. Two rows is the
+# code predictor's first step of every frame.
+MAX_ROWS = {torch.float32: 3}
+MAX_ROWS_OTHER = 2
+
+
+def _cpu_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the product of ``x [..., K]`` with ``weight`` goes through the kernel."""
+    if not (x.is_cpu and weight.is_cpu and weight.numel() >= MIN_WEIGHTS) or x.shape[-1] == 0:
+        return False
+    rows = x.numel() // x.shape[-1]
+    return 1 <= rows <= MAX_ROWS.get(weight.dtype, MAX_ROWS_OTHER)
 
 
 def _row_forward(self: nn.Linear | Int8Linear, x: torch.Tensor) -> torch.Tensor:
-    """``forward`` of a routed layer: one CPU row through the row kernel (inlined into the graph inside a compiled
-    region, e.g. ``accelerate(compile=True)``), anything else through the layer's own ``forward``."""
+    """``forward`` of a routed layer: a few CPU rows (``MAX_ROWS``) through the row kernel (inlined into the graph
+    inside a compiled region, e.g. ``accelerate(compile=True)``), anything else through the layer's own
+    ``forward``."""
     int8 = isinstance(self, Int8Linear)
     weight = self.weight_int8 if int8 else self.weight
     compiling = torch.compiler.is_compiling()
-    if not _one_cpu_row(x, weight) or not (compiling or _kernels().check()):
+    if not _cpu_rows(x, weight) or not (compiling or _kernels().check()):
         return (Int8Linear if int8 else nn.Linear).forward(self, x)
-    row = x.reshape(1, -1)
+    row = x.reshape(-1, x.shape[-1])
     if not compiling:
         # A fresh row (views of other tensors guard on their base and offset: a recompile per kind of view) and
         # the weight as a plain tensor (a parameter's shape would be static: a recompile per layer shape).
