@@ -29,7 +29,9 @@ import torch
 
 from .errors import InputError
 from .generate import EAGER, FrameState, Kernels, decode_frame
+from .model.layers import matmul_attention
 from .model.talker import Talker
+from .quant import Int8Linear
 from .sampling import process_code0_logits, sample
 
 
@@ -101,7 +103,11 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
     # Block shapes: talker and predictor widths, prefill / predictor-start / frame sequence lengths.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     for block in _blocks(talker):
+        block.self_attn.attend = matmul_attention  # fused by inductor instead of an opaque SDPA call
         block.compile(backend=backend)
+    for layer in talker.modules():
+        if isinstance(layer, Int8Linear):
+            layer.uses_int8pack()  # decide the kernel now, outside any trace
     return Kernels(sample=torch.compile(sample, backend=backend),
                    code0_logits=torch.compile(process_code0_logits, backend=backend), fixed_span=True)
 
@@ -110,6 +116,7 @@ def uncompile_regions(talker: Talker) -> None:
     """Undo ``compile_regions`` (the blocks run eagerly again)."""
     for block in _blocks(talker):
         block._compiled_call_impl = None
+        block.self_attn.__dict__.pop("attend", None)
 
 
 class FrameStep:

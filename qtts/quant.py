@@ -125,6 +125,12 @@ class Int8Linear(nn.Module):
     def uses_int8pack(self) -> bool:
         """Whether forward runs ``torch._weight_int8pack_mm`` on the current device."""
         if self._fast is None:
+            self._resolve()
+        return self._fast
+
+    @torch.compiler.disable  # the probe reads data pointers and values: run eagerly even inside a compiled region
+    def _resolve(self) -> None:
+        if self._fast is None:
             w = self.weight_int8
             big_cpu = w.is_cpu and w.numel() >= CPU_MIN_INT8PACK_WEIGHTS
             wanted = self.kernel == "int8pack" or (self.kernel == "auto" and big_cpu)
@@ -132,23 +138,34 @@ class Int8Linear(nn.Module):
             if self.kernel == "int8pack" and not self._fast:
                 raise InputError(f"torch._weight_int8pack_mm is unavailable for {self.in_features}->"
                                  f"{self.out_features} on {self.weight_int8.device}")
-        return self._fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        y = None
         if x2.shape[0] > 0 and self.uses_int8pack():
-            xb = x2.to(torch.bfloat16)
-            if not _aligned(xb):  # the CPU kernel reads rows with aligned vector loads
-                xb = xb.clone(memory_format=torch.contiguous_format)
-            if _aligned(xb):
-                y = torch._weight_int8pack_mm(xb, self.weight_int8, self.scales).to(x.dtype)
-        if y is None:
-            y = F.linear(x2, self.weight_int8.to(x.dtype)) * self.scales.to(x.dtype)
+            y = _int8pack_product(x2, self.weight_int8, self.scales)
+        else:
+            y = _dequant_product(x2, self.weight_int8, self.scales)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features)
+
+
+def _dequant_product(x2: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return F.linear(x2, q.to(x2.dtype)) * scales.to(x2.dtype)
+
+
+# The CPU kernel reads rows with aligned vector loads (a misaligned row crashes the process), and alignment is a
+# data-pointer check that a compiled region cannot trace: inside one this runs eagerly (a graph break on the
+# prefill and batch paths; a single stream's rows take the row kernels of ``qtts.gemv`` instead).
+@torch.compiler.disable
+def _int8pack_product(x2: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    xb = x2.to(torch.bfloat16)
+    if not _aligned(xb):
+        xb = xb.clone(memory_format=torch.contiguous_format)
+    if not _aligned(xb):
+        return _dequant_product(x2, q, scales)
+    return torch._weight_int8pack_mm(xb, q, scales).to(x2.dtype)
 
 
 def _int8pack_ok(q: torch.Tensor, scales: torch.Tensor) -> bool:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
+from torch._inductor.utils import run_and_get_code
 
-from qtts import TTS, ChunkPolicy, InputError, Speaker, SynthesisOptions
+from qtts import TTS, ChunkPolicy, InputError, Speaker, SynthesisOptions, gemv
 from qtts.engine import Engine, EngineConfig
+from qtts.model.cache import LayerCache, causal_mask
+from qtts.model.layers import matmul_attention, sdpa_attention
 
 TEXTS = ["Static shapes give the same codes.", "A second stream, longer than the first one.", "Third."]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -146,3 +151,51 @@ def test_compiled_cuda_graphs_equal_eager(tiny_checkpoints):
     expected = _run(tts, 1)
     tts.accelerate(compile=True, cuda_graphs=True, max_frames=128)
     _compare(_run(tts, 4), expected, 1e-4)
+
+
+@pytest.mark.skipif(not gemv.available(), reason="torch.compile (inductor) cannot build kernels here")
+def test_compiled_cache_write_touches_only_the_written_slots():
+    """Inside a compiled region the KV write happens in place: no kernel loops over the whole cache (a
+    ``scatter_`` into the cache copied all of it on every call: 16 MiB per talker layer at 2048 slots)."""
+    k = torch.zeros(1, 2, 4096, 16)
+    v = torch.zeros_like(k)
+    cache = LayerCache(k, v)
+
+    def write(positions, kk, vv):
+        keys, values = cache.write(positions, kk, vv, 8)
+        return keys.sum(-1) + values.sum(-1)
+
+    new = torch.arange(64, dtype=torch.float32).view(1, 2, 2, 16)
+    out, code = run_and_get_code(torch.compile(write), torch.tensor([[3, 5]]), new, -new)
+    assert torch.equal(k[0, :, [3, 5]], new[0]) and torch.equal(v[0, :, [3, 5]], -new[0])
+    assert torch.equal(out, torch.zeros(1, 2, 8))
+    bounds = [int(n) for n in re.findall(r"<\s*static_cast<int64_t>\((\d+)L\)", "\n".join(code))]
+    assert bounds and max(bounds) < k.numel()
+
+
+@pytest.mark.parametrize("batch,queries,slots", [(1, 1, 37), (2, 2, 16), (3, 29, 29)])
+def test_matmul_attention_is_sdpa(batch, queries, slots):
+    """The compiled regions' attention (plain products, inductor-fusable) computes what torch's SDPA does:
+    grouped query heads, per-row causal masks at different positions, several queries."""
+    torch.manual_seed(batch)
+    q = torch.randn(batch, 16, queries, 32, dtype=torch.float64)
+    keys, values = torch.randn(2, batch, 4, slots, 32, dtype=torch.float64)
+    positions = (torch.arange(slots - queries, slots)[None] - torch.arange(batch)[:, None]).clamp(min=0)  # rows differ
+    mask = causal_mask(positions, slots)
+    expected = sdpa_attention(q, keys, values, mask)
+    assert (matmul_attention(q, keys, values, mask) - expected).abs().max() < 1e-12
+    got32 = matmul_attention(q.float(), keys.float(), values.float(), mask)
+    assert got32.dtype == torch.float32 and (got32.double() - expected).abs().max() < 1e-5
+
+
+def test_compiled_regions_swap_attention_and_back(tiny_checkpoints):
+    from qtts.accel import compile_regions, uncompile_regions
+
+    talker = _fresh(tiny_checkpoints["custom_voice"], "cpu").model.talker
+    blocks = [*talker.model.layers, *talker.code_predictor.model.layers]
+    compile_regions(talker, "eager")
+    try:
+        assert all(b.self_attn.attend is matmul_attention for b in blocks)
+    finally:
+        uncompile_regions(talker)
+    assert all(b.self_attn.attend is sdpa_attention for b in blocks)

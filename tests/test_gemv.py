@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qtts import TTS, InputError, Sampling, Speaker, SynthesisOptions, gemv
+from qtts import TTS, InputError, Sampling, Speaker, SynthesisOptions, gemv, quant
 from qtts.accel import parse_accel
 from qtts.quant import Int8Linear
 
@@ -25,18 +25,24 @@ def _every_size(monkeypatch):
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_row_product_matches_linear_and_batches_are_untouched(dtype):
+def test_row_product_matches_linear_and_rows_do_not_depend_on_each_other(dtype):
     torch.manual_seed(0)
     layer = nn.Linear(200, 37, bias=True).to(dtype)  # odd sizes: the kernel is not tied to vector widths
-    x1, x3 = torch.randn(1, 1, 200, dtype=dtype), torch.randn(3, 200, dtype=dtype)
-    expected1, expected3 = layer(x1), layer(x3)
+    few = gemv.MAX_ROWS.get(dtype, gemv.MAX_ROWS_OTHER)
+    x1, xs, many = (torch.randn(1, 1, 200, dtype=dtype), torch.randn(few, 200, dtype=dtype),
+                    torch.randn(few + 1, 200, dtype=dtype))
+    expected1, expected_many = layer(x1), layer(many)
     assert gemv.use_row_kernels_(layer, True) == 1 and gemv.uses_row_kernels(layer)
-    got1, got3 = layer(x1), layer(x3)
-    assert got1.shape == (1, 1, 37) and got1.dtype == dtype
+    got1, got_few = layer(x1), layer(xs)
+    assert got1.shape == (1, 1, 37) and got1.dtype == dtype and got_few.shape == (few, 37)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     assert torch.allclose(got1.float(), expected1.float(), rtol=tol, atol=tol)
     assert not torch.equal(got1, expected1) or dtype == torch.bfloat16  # float32: really another kernel
-    assert torch.equal(got3, expected3)  # several rows: torch's linear, bit for bit
+    assert torch.allclose(got_few.float(), F.linear(xs, layer.weight, layer.bias).float(), rtol=tol, atol=tol)
+    # Each of a few rows equals that row alone, bit for bit (batched == single with row kernels); the first
+    # row alone and the first of two (the predictor's first step) both go through the kernel.
+    assert torch.equal(got_few, torch.cat([layer(xs[i:i + 1]) for i in range(few)]))
+    assert torch.equal(layer(many), expected_many)  # more rows: torch's linear, bit for bit
     gemv.use_row_kernels_(layer, False)
     assert not gemv.uses_row_kernels(layer) and torch.equal(layer(x1), expected1)
 
@@ -49,7 +55,11 @@ def test_int8_row_product_matches_the_dequantized_product():
     exact = F.linear(x, layer.dequantized()) + layer.bias
     gemv.use_row_kernels_(layer, True)
     assert torch.allclose(layer(x), exact, rtol=1e-5, atol=1e-5)
-    assert torch.equal(layer(torch.cat([x, x])), Int8Linear.forward(layer, torch.cat([x, x])))
+    two = torch.cat([x, -x])  # the predictor's first step: through the kernel, each row as if alone
+    assert torch.equal(layer(two), torch.cat([layer(x), layer(-x)]))
+    assert torch.allclose(layer(two), F.linear(two, layer.dequantized()) + layer.bias, rtol=1e-5, atol=1e-5)
+    three = torch.cat([x, x, x])
+    assert torch.equal(layer(three), Int8Linear.forward(layer, three))
 
 
 @needs_kernels
@@ -122,3 +132,34 @@ def test_cli_and_server_take_accel(tiny_checkpoints):
     with pytest.raises(InputError, match="unknown accel"):
         ServerSettings(accel="turbo")
     assert ServerSettings(accel="compile,cuda-graphs").accel == "compile,cuda-graphs"  # the device is checked at load
+
+
+@needs_kernels
+def test_int8pack_layer_keeps_its_compiled_region_whole_for_one_row(monkeypatch):
+    """The int8pack kernel's alignment check cannot be traced. Several rows (prefill, batches) run it eagerly
+    inside a compiled region; before, the failed trace made dynamo give up on the region for good, so the
+    single stream's frames (one row, the row kernel) ran uncompiled as well."""
+    monkeypatch.setattr(quant, "CPU_MIN_INT8PACK_WEIGHTS", 0)
+    torch.manual_seed(3)
+    layer = Int8Linear.from_linear(nn.Linear(64, 48))
+    if not layer.uses_int8pack():
+        pytest.skip("torch._weight_int8pack_mm is unavailable here")
+    gemv.use_row_kernels_(layer, True)
+    graphs = []
+
+    def backend(gm, _inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def region(x):
+        return torch.relu(layer(x)) * 2
+
+    compiled = torch.compile(region, backend=backend)
+    three = torch.randn(3, 64)
+    assert torch.equal(compiled(three), region(three))  # several rows: the int8pack kernel, run eagerly
+    before = len(graphs)
+    one = torch.randn(1, 64)
+    assert torch.allclose(compiled(one), region(one), rtol=1e-5, atol=1e-5)
+    new = graphs[before:]
+    assert len(new) == 1, "the one-row call should trace as one graph"
+    assert any(node.target is torch.relu for node in new[0].graph.nodes)

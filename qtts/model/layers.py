@@ -56,8 +56,34 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + _rotate_half(x) * sin
 
 
+def sdpa_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``q [B, H, S, D]`` over ``keys``/``values`` ``[B, H_kv, K, D]`` (``H`` a multiple of ``H_kv``) with
+    ``mask [B, 1, S, K]`` (True = may attend) -> ``[B, H, S, D]``: torch's fused kernel (the reference)."""
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+
+
+def matmul_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+                     ) -> torch.Tensor:
+    """``sdpa_attention`` as plain products and a softmax in float32, for compiled regions: inductor fuses
+    it with its neighbours, where the fused kernel is an opaque call (~40-100 µs on CPU for one query over a
+    few dozen slots, ~100 calls per frame). Same math; rounding differs in the last bits."""
+    B, H, S, D = q.shape
+    kv = keys.shape[1]
+    wide = torch.promote_types(q.dtype, torch.float32)
+    g = q.to(wide).reshape(B, kv, H // kv * S, D)  # the heads sharing a KV head, stacked along the queries
+    scores = g @ keys.to(wide).transpose(-1, -2) * D**-0.5  # [B, kv, H/kv * S, K]
+    scores = scores.view(B, kv, H // kv, S, -1).masked_fill(~mask[:, :, None], float("-inf"))
+    out = scores.softmax(-1).view(B, kv, H // kv * S, -1) @ values.to(wide)
+    return out.view(B, H, S, D).to(q.dtype)
+
+
 class Attention(nn.Module):
-    """Grouped-query self-attention with per-head QK RMSNorm (before RoPE) and a static KV cache."""
+    """Grouped-query self-attention with per-head QK RMSNorm (before RoPE) and a static KV cache.
+
+    ``attend`` is the attention kernel (``sdpa_attention``; an instance attribute set from outside, e.g. by
+    ``qtts.accel.compile_regions``, replaces it)."""
+
+    attend = staticmethod(sdpa_attention)
 
     def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, eps: float) -> None:
         super().__init__()
@@ -86,7 +112,7 @@ class Attention(nn.Module):
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         keys, values = cache.write(positions, k, v, mask.shape[-1])
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        out = self.attend(q, keys, values, mask)
         return self.o_proj(out.transpose(1, 2).reshape(B, S, self.heads * self.head_dim))
 
 
