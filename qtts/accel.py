@@ -39,8 +39,8 @@ from .sampling import process_code0_logits, sample
 class AccelOptions:
     """``compile``: ``torch.compile`` the frame step; ``cuda_graphs``: capture it in CUDA graphs (CUDA only);
     ``max_frames``: cache slots preallocated per stream when shapes are static (prompt + generated frames);
-    ``row_kernels``: one-row CPU products of the talker's linear layers as a compiled reduction (``qtts.gemv``;
-    a single stream's frame on CPU; independent of ``compile``)."""
+    ``row_kernels``: CPU products of 1-2 activation rows (float32: 1-3) as a compiled reduction that reads the
+    weights once (``qtts.gemv``; a single stream's frame on CPU; independent of ``compile``)."""
 
     compile: bool = False
     cuda_graphs: bool = False
@@ -158,6 +158,9 @@ class StaticFrameStep(FrameStep):
             raise InputError(f"CUDA graphs need a CUDA device; the model is on {device.type}")
         self.options = options
         kernels = compile_regions(talker, options.compile_backend) if options.compile else STATIC
+        if options.cuda_graphs:
+            kernels = dataclasses.replace(kernels, greedy_shortcut=False)
+        self.kernels = kernels
         self.fn = functools.partial(_frame, kernels=kernels)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
         self._warm: set[int] = set()  # buckets already run (compiled) without graphs
@@ -186,6 +189,8 @@ class StaticFrameStep(FrameStep):
                 return self.fn(self.talker, state.head(rows), span)
             t0 = time.perf_counter()  # the first call of a bucket compiles: its time is the warm-up cost
             out = self.fn(self.talker, state.head(rows), span)
+            if self.options.compile:
+                self._warm_sampling(state.head(rows))
             if out.is_cuda:
                 torch.cuda.synchronize(out.device)
             self._warm.add(rows)
@@ -199,6 +204,15 @@ class StaticFrameStep(FrameStep):
         graph, out, _ = entry
         graph.replay()
         return out
+
+    def _warm_sampling(self, view: FrameState) -> None:
+        """Compile ``sample`` for this bucket now, with the warm-up, even if the first streams are greedy (and
+        took ``greedy``): else the first sampled stream would wait for the compilation mid-request."""
+        cfg = self.talker.cfg
+        for params, vocab, group in ((view.talker_params, cfg.vocab_size, 0),
+                                     (view.predictor_params, cfg.code_predictor_config.vocab_size, 1)):
+            logits = torch.zeros(view.batch, vocab, device=view.seeds.device)
+            self.kernels.sample(logits, params, view.seeds, view.steps, group)
 
     def _capture(self, state: FrameState, rows: int, span: int, key: tuple
                  ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]:

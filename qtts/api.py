@@ -119,9 +119,9 @@ class TTS:
         it; warm-up and capture happen once per runner (``Engine`` s and the pooled runners of
         ``stream`` / ``synthesize`` keep theirs). ``max_frames``: cache slots per stream with static shapes;
         ``compile_backend``: the ``torch.compile`` backend; ``pipelined``: launch frame t+1 before reading frame
-        t's results, overlapping host and device work (default: on CUDA only); ``row_kernels``: one-row CPU
-        products (a single stream) as a compiled reduction that streams the weights faster than torch's CPU
-        ``linear`` (``qtts.gemv``; codes can part from eager at near-ties)."""
+        t's results, overlapping host and device work (default: on CUDA only); ``row_kernels``: CPU products
+        of a few activation rows (a single stream, a small batch) as a compiled reduction that streams the
+        weights faster than torch's CPU ``linear`` (``qtts.gemv``; codes can part from eager at near-ties)."""
         self.set_accel(AccelOptions(bool(compile), bool(cuda_graphs), max_frames, compile_backend, pipelined,
                                     bool(row_kernels)))
 

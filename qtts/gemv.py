@@ -152,7 +152,7 @@ def _row_forward(self: nn.Linear | Int8Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def use_row_kernels_(module: nn.Module, enabled: bool = True) -> int:
-    """Route one-row CPU products of every ``nn.Linear`` / ``Int8Linear`` in ``module`` through the compiled
+    """Route few-row CPU products of every ``nn.Linear`` / ``Int8Linear`` in ``module`` through the compiled
     row kernels (``enabled``) or back to their own ``forward``. Returns the number of layers switched."""
     count = 0
     for layer in module.modules():

@@ -77,6 +77,9 @@ class FrameState:
         self.penalty = torch.ones(batch, **z)
         self.talker_params = _sampling_tensors(batch, device)
         self.predictor_params = _sampling_tensors(batch, device)
+        # Host copy of each slot's do_sample (talker, predictor): lets a step of greedy slots skip the sampling
+        # filter without reading a device tensor. Shared with views from ``head``.
+        self.sampling = [(False, False)] * batch
 
     @property
     def batch(self) -> int:
@@ -91,6 +94,12 @@ class FrameState:
             tensors.top_p[row] = sp.top_p
         self.penalty[row] = params.talker.repetition_penalty
         self.seeds[row] = params.seed & 0x7FFFFFFFFFFFFFFF
+        self.sampling[row] = (params.talker.do_sample, params.predictor.do_sample)
+
+    def samples(self, kind: int, rows: slice = slice(None)) -> bool:
+        """Whether any of ``rows`` (of this state or view) samples code kind ``kind`` (0 = talker code-0,
+        1 = predictor codes) rather than decoding greedily; host bookkeeping, no device read."""
+        return any(flags[kind] for flags in self.sampling[: self.batch][rows])
 
     def set_text(self, row: int, trailing: torch.Tensor, start: int = 0) -> None:
         """Set the text vectors ``[N, H]`` a slot consumes one per decode step, from index ``start`` on
@@ -108,7 +117,7 @@ class FrameState:
         """A view of slots ``0..n-1`` (tensors are views: updates through it land in this state)."""
         view = object.__new__(FrameState)
         rows = slice(0, n)
-        view.groups, view.pad = self.groups, self.pad
+        view.groups, view.pad, view.sampling = self.groups, self.pad, self.sampling
         view.cache = self.cache.head(n)
         view.pred_cache = self.pred_cache.head(n)
         for name in _ROW_TENSORS:
@@ -128,6 +137,7 @@ class FrameState:
         for params in (self.talker_params, self.predictor_params):
             for t in (params.do_sample, params.temperature, params.top_k, params.top_p):
                 t[dst] = t[src]
+        self.sampling[dst] = self.sampling[src]
 
 
 _ROW_TENSORS = ("positions", "steps", "active", "hidden", "code0", "seen", "text", "text_len", "seeds", "penalty")
@@ -146,13 +156,28 @@ def _rows(params: SamplingTensors, rows: slice) -> SamplingTensors:
     return SamplingTensors(params.do_sample[rows], params.temperature[rows], params.top_k[rows], params.top_p[rows])
 
 
+def greedy(logits: torch.Tensor, *_args: object) -> torch.Tensor:
+    """``sample`` when no row samples: the argmax of ``logits [B, V]`` -> ``[B]`` (what ``sample`` returns for
+    greedy rows, without its top-k / top-p filter, which sorts the vocabulary)."""
+    return logits.argmax(dim=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Kernels:
-    """The sampling functions the frame step calls (swapped for compiled versions by ``qtts.accel``)."""
+    """The sampling functions the frame step calls (swapped for compiled versions by ``qtts.accel``).
+
+    ``greedy_shortcut``: when no slot of a step samples a code kind (known on the host from the slots'
+    parameters), pick that kind's codes with ``greedy`` instead of ``sample``; same codes, no sort. Off
+    under CUDA graphs, whose replay repeats whichever branch the capture took."""
 
     sample: Callable[..., torch.Tensor] = sample
     code0_logits: Callable[..., torch.Tensor] = process_code0_logits
     fixed_span: bool = False  # predictor attention reads all G cache slots (masked): one shape per step
+    greedy_shortcut: bool = True
+
+    def sampler(self, state: FrameState, kind: int, rows: slice = slice(None)) -> Callable[..., torch.Tensor]:
+        """The function picking code kind ``kind`` (0 = code-0, 1 = predictor codes) for ``rows`` of ``state``."""
+        return greedy if self.greedy_shortcut and not state.samples(kind, rows) else self.sample
 
 
 EAGER = Kernels()
@@ -165,7 +190,8 @@ def _sample_code0(talker: Talker, state: FrameState, hidden: torch.Tensor, rows:
     logits = talker.codec_head(hidden).float()
     logits = kernels.code0_logits(logits, state.seen[rows], state.penalty[rows], state.steps[rows],
                                   cfg.codec_eos_token_id, cfg.codebook_size)
-    return kernels.sample(logits, _rows(state.talker_params, rows), state.seeds[rows], state.steps[rows], 0)
+    pick = kernels.sampler(state, 0, rows)
+    return pick(logits, _rows(state.talker_params, rows), state.seeds[rows], state.steps[rows], 0)
 
 
 @torch.no_grad()
@@ -199,13 +225,14 @@ def predict_groups(talker: Talker, state: FrameState, kernels: Kernels = EAGER) 
     positions = torch.arange(2, device=x.device).expand(B, 2)
     h = pred(x, positions, caches, causal_mask(positions, G if kernels.fixed_span else 2))[:, -1]
     codes = [state.code0]
+    pick = kernels.sampler(state, 1)
     for g in range(1, G):
         if g > 1:
             positions = torch.full((B, 1), g, device=x.device, dtype=torch.long)
             h = pred(pred.embed_group(g - 1, codes[-1])[:, None], positions, caches,
                      causal_mask(positions, G if kernels.fixed_span else g + 1))[:, -1]
         logits = pred.logits(g, h).float()
-        codes.append(kernels.sample(logits, state.predictor_params, state.seeds, state.steps, g))
+        codes.append(pick(logits, state.predictor_params, state.seeds, state.steps, g))
     return torch.stack(codes, dim=1)
 
 

@@ -8,7 +8,7 @@ each piece (and ``torch.cuda.synchronize()`` at each boundary on CUDA, so a piec
 * ``prefill``: frame-state allocation and ``generate.prefill`` (the prompt pass and the first code-0);
 * ``talker``: the talker transformer over the completed frame, plus its ``codec_head`` (code-0 logits);
 * ``predictor``: the code predictor's 15 transformer passes and its 15 group heads;
-* ``sampling``: the code-0 logit rules and the 16 ``sample`` calls;
+* ``sampling``: the code-0 logit rules and the 16 picks (``sample``, or ``argmax`` when no slot samples);
 * ``other``: the frame embedding, the next text vector and the state updates of the frame step;
 * ``codec``: streaming ``decode_step`` calls in the runner's chunk sizes (1, 2, 4, 8, 8, ... frames).
 
@@ -33,11 +33,11 @@ import numpy as np
 import torch
 
 from .embed import frame_embedding
-from .generate import FrameState, advance, decode_frame, next_text, prefill
+from .generate import EAGER, FrameState, advance, decode_frame, next_text, prefill
 from .model.cache import causal_mask
 from .request import Sampling
 from .runner import ChunkPolicy
-from .sampling import process_code0_logits, sample
+from .sampling import process_code0_logits
 
 if TYPE_CHECKING:
     from .api import TTS
@@ -144,6 +144,7 @@ def _frame(talker: Talker, state: FrameState, span: int, timer: Timer) -> torch.
         x = torch.stack([state.hidden, talker.embed_codec(state.code0)], dim=1)
         positions = torch.arange(2, device=x.device).expand(B, 2)
     codes = [state.code0]
+    pick = EAGER.sampler(state, 1)
     for g in range(1, G):
         with timer("predictor"):
             if g == 1:
@@ -154,7 +155,7 @@ def _frame(talker: Talker, state: FrameState, span: int, timer: Timer) -> torch.
                          causal_mask(positions, g + 1))[:, -1]
             logits = pred.logits(g, h).float()
         with timer("sampling"):
-            codes.append(sample(logits, state.predictor_params, state.seeds, state.steps, g))
+            codes.append(pick(logits, state.predictor_params, state.seeds, state.steps, g))
     with timer("other"):
         frame = torch.stack(codes, dim=1)
         x = (frame_embedding(talker, frame) + next_text(state))[:, None]
@@ -165,7 +166,7 @@ def _frame(talker: Talker, state: FrameState, span: int, timer: Timer) -> torch.
     with timer("sampling"):
         logits = process_code0_logits(logits, state.seen, state.penalty, state.steps, cfg.codec_eos_token_id,
                                       cfg.codebook_size)
-        code0 = sample(logits, state.talker_params, state.seeds, state.steps, 0)
+        code0 = EAGER.sampler(state, 0)(logits, state.talker_params, state.seeds, state.steps, 0)
     with timer("other"):
         advance(state, hidden, code0)
     return frame

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch._inductor.utils import run_and_get_code
 
-from qtts import TTS, ChunkPolicy, InputError, Speaker, SynthesisOptions, gemv
+from qtts import TTS, ChunkPolicy, InputError, Sampling, Speaker, SynthesisOptions, gemv
 from qtts.engine import Engine, EngineConfig
 from qtts.model.cache import LayerCache, causal_mask
 from qtts.model.layers import matmul_attention, sdpa_attention
@@ -49,14 +49,19 @@ def test_compiled_static_step_equals_eager(tiny_checkpoints):
     _compare(_run(tts, 4), expected, 1e-5)
     whole = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=SynthesisOptions(max_new_tokens=14))
     assert np.array_equal(whole.codes.numpy(), expected[0][1])
-    # Warm-up (compilation) is paid on a bucket's first frame, once per engine, and reported in its stats.
-    opts = SynthesisOptions(max_new_tokens=3)
+    # Warm-up (compilation) is paid on a bucket's first frame, once per engine, and reported in its stats. A
+    # greedy first stream takes the greedy shortcut; the warm-up compiles sample() anyway, so a sampled stream
+    # after it compiles nothing new.
+    greedy, sampled = (SynthesisOptions(max_new_tokens=3, sampling=s) for s in (Sampling.greedy(), Sampling()))
+    torch._dynamo.reset()  # forget what the runs above compiled (dynamo caches per function, process-wide)
     with Engine(tts, EngineConfig(max_batch=2)) as engine:
         assert engine.stats()["warmup_seconds"] == 0
-        list(engine.submit(tts.prepare(TEXTS[2], voice=Speaker("eric"), options=opts)))
+        list(engine.submit(tts.prepare(TEXTS[2], voice=Speaker("eric"), options=greedy)))
         warm = engine.stats()["warmup_seconds"]
-        list(engine.submit(tts.prepare(TEXTS[2], voice=Speaker("eric"), options=opts)))
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        list(engine.submit(tts.prepare(TEXTS[2], voice=Speaker("eric"), options=sampled)))
         assert warm > 0 and engine.stats()["warmup_seconds"] == warm
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
 @pytest.mark.parametrize("kind", ["custom_voice", "base"])

@@ -1,0 +1,68 @@
+"""Frame functions: the host bookkeeping of which slots sample, and the greedy shortcut it enables."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from qtts import Sampling, Speaker, SynthesisOptions
+from qtts.generate import EAGER, FrameState, Kernels, SamplingParams, StreamParams, decode_frame, prefill
+
+GREEDY, SAMPLED = SamplingParams(do_sample=False), SamplingParams(top_k=20)
+
+
+def test_sampling_flags_follow_the_slots(tiny_tts):
+    state = FrameState(tiny_tts["custom_voice"].model.talker, 3, 32)
+    assert not state.samples(0) and not state.samples(1)
+    state.set_params(2, StreamParams(GREEDY, SAMPLED, seed=1))
+    assert state.samples(1) and not state.samples(0)
+    assert not state.head(2).samples(1)  # the sampling slot is outside the view
+    assert state.samples(1, slice(2, 3)) and not state.samples(1, slice(0, 2))
+    state.move_row(2, 0)
+    assert state.head(1).samples(1)
+    state.head(2).set_params(1, StreamParams(SAMPLED, GREEDY, seed=2))  # a view writes into the state
+    assert state.samples(0, slice(1, 2)) and state.samples(0)
+
+
+def _frames(tts, kernels: Kernels, params: list[StreamParams], frames: int = 6) -> torch.Tensor:
+    """Codes ``[frames, B, G]`` of B slots started from the same text with ``params``."""
+    talker = tts.model.talker
+    p = tts.prepare("The shortcut keeps the codes.", voice=Speaker("ryan"),
+                    options=SynthesisOptions(sampling=Sampling.greedy(), max_new_tokens=frames + 2)).stream
+    state = FrameState(talker, len(params), p.prompt.shape[0] + frames + 1)
+    for row, sp in enumerate(params):
+        prefill(talker, state, row, p.prompt, p.trailing, sp)
+    span = p.prompt.shape[0]
+    out = []
+    for _ in range(frames):
+        span += 1
+        out.append(decode_frame(talker, state, span, kernels))
+    return torch.stack(out)
+
+
+def _no_sample(*_args):
+    raise AssertionError("sample() was called for slots that all decode greedily")
+
+
+def test_greedy_steps_skip_the_sampling_filter_with_the_same_codes(tiny_tts):
+    tts = tiny_tts["custom_voice"]
+    greedy = [StreamParams(GREEDY, GREEDY, seed=s) for s in (3, 4)]
+    full = _frames(tts, Kernels(greedy_shortcut=False), greedy)
+    assert torch.equal(_frames(tts, dataclasses.replace(EAGER, sample=_no_sample), greedy), full)
+    # One slot samples its predictor codes: sample() runs for the predictor (the greedy slot's codes are the
+    # same as before) and code-0 keeps the shortcut.
+    mixed = [greedy[0], StreamParams(GREEDY, SAMPLED, seed=4)]
+    calls = []
+
+    def counting(logits, *args):
+        calls.append(logits.shape[-1])
+        return EAGER.sample(logits, *args)
+
+    got = _frames(tts, dataclasses.replace(EAGER, sample=counting), mixed)
+    assert torch.equal(got[:, 0], full[:, 0])
+    pred_vocab = tts.model.talker.cfg.code_predictor_config.vocab_size
+    assert calls and set(calls) == {pred_vocab}
+    with pytest.raises(AssertionError, match="sample\\(\\) was called"):
+        _frames(tts, dataclasses.replace(EAGER, sample=_no_sample), [StreamParams(SAMPLED, GREEDY, seed=5)], 1)
