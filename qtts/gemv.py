@@ -118,6 +118,10 @@ MIN_WEIGHTS = 1 << 18
 # code predictor's first step of every frame.
 MAX_ROWS = {torch.float32: 3}
 MAX_ROWS_OTHER = 2
+# Most activation elements (rows x in_features) per call for the narrower weight dtypes: beyond these the kernel
+# lost to torch's kernels in ``bench/row_kernels.py`` (int8: 1 row of 6144 took 3.8x int8pack's time, 2 rows of
+# 3072 1.5x; bfloat16: 2 rows of 6144 1.8x linear). float32 won or tied at every measured width.
+MAX_WIDTH = {torch.int8: 4096, torch.bfloat16: 8192}
 
 
 def _cpu_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -125,7 +129,8 @@ def _cpu_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if not (x.is_cpu and weight.is_cpu and weight.numel() >= MIN_WEIGHTS) or x.shape[-1] == 0:
         return False
     rows = x.numel() // x.shape[-1]
-    return 1 <= rows <= MAX_ROWS.get(weight.dtype, MAX_ROWS_OTHER)
+    width = MAX_WIDTH.get(weight.dtype)
+    return 1 <= rows <= MAX_ROWS.get(weight.dtype, MAX_ROWS_OTHER) and (width is None or x.numel() <= width)
 
 
 def _row_forward(self: nn.Linear | Int8Linear, x: torch.Tensor) -> torch.Tensor:

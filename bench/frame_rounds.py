@@ -1,0 +1,100 @@
+"""The single-stream frame step of several configurations, measured in alternating rounds (CPU noise check).
+
+    python bench/frame_rounds.py [--checkpoint DIR] [--configs float32:compile+row-kernels,...] [--rounds 3]
+                                 [--frames 12] [--threads 2] [--official]
+
+On a shared machine one pass per configuration (what ``bench/suite.py`` does) can land in a slow phase: the
+same configuration measured minutes apart moved by up to 40 % on the development machine. Here every round
+runs each configuration once, in a fresh process (``--child``), one after the other, so a slow phase hits
+all of them; the report gives each configuration's median, best and worst round. ``--official`` adds the
+official ``qwen-tts`` package's steady frame (float32 and bfloat16, measured the way the suite does) to each
+round, and the ratios to it are taken within the round.
+
+A configuration is ``dtype:accel`` with ``dtype`` one of float32, bfloat16, int8 (float32 weights quantized)
+and ``accel`` an ``--accel`` value with ``+`` for sets (``eager``, ``row-kernels``, ``compile+row-kernels``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+DEFAULT_CONFIGS = "float32:compile+row-kernels,bfloat16:compile+row-kernels,int8:compile+row-kernels"
+
+
+def child(checkpoint: str, config: str, frames: int, threads: int) -> dict:
+    """One measurement in this process: ``config``'s B = 1 steady frame step, or the official package's."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from suite import DTYPES, Memory, measure_official, runner_rate
+
+    from qtts import TTS
+    from qtts.accel import parse_accel
+
+    dtype_name, accel = config.split(":")
+    if accel == "official":
+        out = measure_official(Path(checkpoint), DTYPES[dtype_name][0], torch.device("cpu"), frames,
+                               Memory(torch.device("cpu")))
+        return {"frame_ms": out[0]["frame_ms"]}
+    dtype, quantize = DTYPES[dtype_name]
+    tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
+    tts.set_accel(parse_accel(accel.replace("+", ","), "cpu"))
+    runner_rate(tts, 1, 2)  # warm-up: compilation, first frames
+    return {"frame_ms": runner_rate(tts, 1, frames)["frame_ms"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "0.6b-custom_voice"))
+    p.add_argument("--configs", default=DEFAULT_CONFIGS)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--frames", type=int, default=12)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--official", action="store_true")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(child(args.checkpoint, args.child, args.frames, args.threads)))
+        return
+    from streaming import cpu_model, git_commit
+
+    configs = args.configs.split(",")
+    if args.official:
+        configs += sorted({f"{c.split(':')[0]}:official" for c in configs if c.split(":")[0] != "int8"})
+    times: dict[str, list[float]] = {c: [] for c in configs}
+    for r in range(args.rounds):
+        for config in configs:
+            cmd = [sys.executable, __file__, "--child", config, "--checkpoint", args.checkpoint,
+                   "--frames", str(args.frames), "--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ)
+            line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+            times[config].append(json.loads(line[7:])["frame_ms"])
+            print(f"round {r + 1}: {config} {times[config][-1]:.1f} ms", file=sys.stderr)
+    print(f"# {cpu_model()}, {os.cpu_count()} CPUs, {args.threads} torch threads, {args.rounds} rounds of "
+          f"{args.frames} frames, qtts {git_commit()}, checkpoint {Path(args.checkpoint).name}")
+    print("| configuration | median ms | best | worst | rounds |")
+    print("|---|---|---|---|---|")
+    for config, ts in times.items():
+        print(f"| {config} | {statistics.median(ts):.1f} | {min(ts):.1f} | {max(ts):.1f} | "
+              f"{', '.join(f'{t:.0f}' for t in ts)} |")
+    for config, ts in times.items():
+        dtype, accel = config.split(":")
+        ref = times.get(f"{'float32' if dtype == 'int8' else dtype}:official")
+        if ref and accel != "official":
+            ratios = [t / o for t, o in zip(ts, ref, strict=True)]
+            print(f"{config} ÷ official (within each round): median {statistics.median(ratios):.2f} "
+                  f"[{min(ratios):.2f}–{max(ratios):.2f}]")
+
+
+if __name__ == "__main__":
+    main()
