@@ -99,11 +99,17 @@ def _blocks(talker: Talker) -> list[torch.nn.Module]:
 def compile_regions(talker: Talker, backend: str) -> Kernels:
     """Regional compilation: every transformer block (one compiled graph per block shape, shared by all the
     layers of that shape) and the sampling functions. Fuses the many small element-wise ops of norms, RoPE,
-    SwiGLU and sampling; compiles in a fraction of the time of the whole frame."""
+    SwiGLU and sampling; compiles in a fraction of the time of the whole frame. On CPU the blocks' attention
+    is swapped for ``matmul_attention`` (undone by ``uncompile_regions``), and int8 layers choose their kernel
+    before any trace."""
     # Block shapes: talker and predictor widths, prefill / predictor-start / frame sequence lengths.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    # On CPU attention runs as plain products that inductor fuses (torch's SDPA is an opaque ~40-100 µs call
+    # for one query); on CUDA the fused SDPA kernel stays (the swap is not measured on a GPU).
+    cpu = talker.codec_head.weight.device.type == "cpu"
     for block in _blocks(talker):
-        block.self_attn.attend = matmul_attention  # fused by inductor instead of an opaque SDPA call
+        if cpu:
+            block.self_attn.attend = matmul_attention
         block.compile(backend=backend)
     for layer in talker.modules():
         if isinstance(layer, Int8Linear):
