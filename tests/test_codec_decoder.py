@@ -287,6 +287,7 @@ def test_static_chunk_decoder_equals_decode_step(tiny64: CodecDecoder) -> None:
     assert len(state_tensors(state)) == len(_state_tensors(state))  # every tensor is carried
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graphed_chunk_decoder_equals_eager_on_cuda() -> None:
     from qtts.codec.chunks import ChunkDecoder, StaticChunkDecoder
