@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -80,3 +81,21 @@ def test_suite_quick_smoke(tmp_path):
     if official and real_tokenizer_dir() is not None:  # parity needs the real Qwen tokenizer (as test_parity)
         assert entry["codes_vs_official"] == "identical"
     assert "| tiny | float32 |" in (tmp_path / "suite-quick.md").read_text()
+
+
+def test_profile_reports_the_accelerated_runner_step(tiny_checkpoints, tmp_path, capsys, monkeypatch):
+    """With a static step (compile / CUDA graphs) the instrumented pieces do not run it, so ``qtts profile``
+    also times the runner's own step and says so."""
+    import qtts.accel
+
+    real = qtts.accel.parse_accel
+    monkeypatch.setattr(qtts.accel, "parse_accel",  # the eager backend: traced, not code-generated (fast)
+                        lambda value, device: dataclasses.replace(real(value, device), compile_backend="eager"))
+    out = tmp_path / "profile.json"
+    assert main(["profile", "--model", str(tiny_checkpoints["custom_voice"]), "--device", "cpu", "--frames", "3",
+                 "--accel", "compile", "--json", str(out)]) == 0
+    assert "runner frame step with --accel compile:" in capsys.readouterr().out
+    prof = json.loads(out.read_text())
+    assert prof["runner_frame_s"] > 0 and prof["runner_warmup_s"] > 0
+    assert main(["profile", "--model", str(tiny_checkpoints["custom_voice"]), "--device", "cpu", "--frames", "2"]) == 0
+    assert "runner frame step" not in capsys.readouterr().out  # eager: the parts are the step
