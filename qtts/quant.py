@@ -156,16 +156,23 @@ def _dequant_product(x2: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) ->
 
 
 # The CPU kernel reads rows with aligned vector loads (a misaligned row crashes the process), and alignment is a
-# data-pointer check that a compiled region cannot trace: inside one this runs eagerly (a graph break on the
-# prefill and batch paths; a single stream's rows take the row kernels of ``qtts.gemv`` instead).
-@torch.compiler.disable
+# data-pointer check that a compiled region cannot trace. As a custom operator the product is one opaque node
+# of the graph (its check runs when the node runs), so prefill and batch paths compile without a graph break.
+@torch.library.custom_op("qtts::int8pack_product", mutates_args=())
 def _int8pack_product(x2: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``x2 [R, in]`` times int8 ``q [out, in]`` with bfloat16 ``scales [out]`` -> ``[R, out]`` in
+    ``x2.dtype``, through ``torch._weight_int8pack_mm`` (bfloat16 activations), else dequantized."""
     xb = x2.to(torch.bfloat16)
     if not _aligned(xb):
         xb = xb.clone(memory_format=torch.contiguous_format)
     if not _aligned(xb):
         return _dequant_product(x2, q, scales)
     return torch._weight_int8pack_mm(xb, q, scales).to(x2.dtype)
+
+
+@_int8pack_product.register_fake
+def _(x2: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return x2.new_empty(x2.shape[0], q.shape[0])
 
 
 def _int8pack_ok(q: torch.Tensor, scales: torch.Tensor) -> bool:

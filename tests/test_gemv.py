@@ -151,9 +151,9 @@ def test_cli_and_server_take_accel(tiny_checkpoints):
 
 @needs_kernels
 def test_int8pack_layer_keeps_its_compiled_region_whole_for_one_row(monkeypatch):
-    """The int8pack kernel's alignment check cannot be traced. Several rows (prefill, batches) run it eagerly
-    inside a compiled region; before, the failed trace made dynamo give up on the region for good, so the
-    single stream's frames (one row, the row kernel) ran uncompiled as well."""
+    """The int8pack kernel's alignment check cannot be traced. Several rows (prefill, batches) call it as a custom
+    operator, one opaque node of the region's graph; before, the failed trace made dynamo give up on the region
+    for good, so the single stream's frames (one row, the row kernel) ran uncompiled as well."""
     monkeypatch.setattr(quant, "CPU_MIN_INT8PACK_WEIGHTS", 0)
     torch.manual_seed(3)
     layer = Int8Linear.from_linear(nn.Linear(64, 48))
@@ -171,7 +171,8 @@ def test_int8pack_layer_keeps_its_compiled_region_whole_for_one_row(monkeypatch)
 
     compiled = torch.compile(region, backend=backend)
     three = torch.randn(3, 64)
-    assert torch.equal(compiled(three), region(three))  # several rows: the int8pack kernel, run eagerly
+    assert torch.equal(compiled(three), region(three))  # several rows: the int8pack kernel, an opaque node
+    assert len(graphs) == 1 and any(node.target is torch.relu for node in graphs[0].graph.nodes)  # no break
     before = len(graphs)
     one = torch.randn(1, 64)
     assert torch.allclose(compiled(one), region(one), rtol=1e-5, atol=1e-5)
