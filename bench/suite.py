@@ -58,7 +58,7 @@ from streaming import Request, Stamp, compare_codes, cpu_model, git_commit, load
 from qtts import TTS, Sampling, Speaker, SynthesisOptions  # noqa: E402
 from qtts.accel import parse_accel  # noqa: E402
 from qtts.checkpoint import make_checkpoint  # noqa: E402
-from qtts.profile import FRAME_PARTS, profile_synthesis  # noqa: E402
+from qtts.profile import FRAME_PARTS, profile_synthesis, time_runner_steps  # noqa: E402
 from qtts.quant import Int8Linear, module_bytes  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it keeps on running far away."
@@ -184,26 +184,12 @@ def _options(frames: int) -> SynthesisOptions:
 
 def runner_rate(tts: TTS, batch: int, frames: int) -> dict:
     """Steady frame step with ``batch`` live streams on ``tts.new_runner(batch, decode=False)``."""
-    runner = tts.new_runner(batch, decode=False)
-    for i in range(batch):
-        prepared = tts.prepare(TEXT, voice=Speaker(SPEAKER), language=LANGUAGE, seed=i, options=_options(frames + 4))
-        runner.submit(prepared.job(lambda _item: None))
-    runner.step()  # admission (prefill of every stream) and the first frame
-    runner.step()  # one warm frame
-    walls, cpus = [], []
-    for _ in range(frames):
-        start = Stamp.now()
-        runner.step()
-        spent = Stamp.now() - start
-        walls.append(spent.wall)
-        cpus.append(spent.cpu)
-    live = len(runner.live)
-    for job in runner.live + runner.waiting:
-        job.cancel()
-    runner.step()
-    wall = statistics.median(walls)
-    return {"batch": batch, "live": live, "frame_ms": 1000 * wall, "frame_cpu_ms": 1000 * statistics.mean(cpus),
-            "frames_per_s": batch / wall, "frames": frames}
+    prepared = [tts.prepare(TEXT, voice=Speaker(SPEAKER), language=LANGUAGE, seed=i, options=_options(frames + 4))
+                for i in range(batch)]
+    steps = time_runner_steps(tts, prepared, frames)
+    wall = statistics.median(steps.wall)
+    return {"batch": batch, "live": steps.live, "frame_ms": 1000 * wall,
+            "frame_cpu_ms": 1000 * statistics.mean(steps.cpu), "frames_per_s": batch / wall, "frames": frames}
 
 
 def stream_run(tts: TTS, frames: int) -> dict:

@@ -18,7 +18,7 @@ the unmodified ``generate.decode_frame`` on the same state, to show what the ins
 
 The pieces run the model's modules directly: row kernels apply, but compiled regions and CUDA graphs, which
 act on the runner's frame step, do not. With a static ``--accel``, ``qtts profile`` also times the runner's
-own step (``runner_frame_seconds``).
+own step (``time_runner_steps``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from .runner import ChunkPolicy
 from .sampling import process_code0_logits
 
 if TYPE_CHECKING:
-    from .api import TTS
+    from .api import TTS, Prepared
     from .model.talker import Talker
     from .voices import Voice
 
@@ -248,34 +248,44 @@ def _default_voice(tts: TTS) -> Voice | None:
     return Clone(prompt=tts.create_clone_prompt((tone, 24000), x_vector_only=True))
 
 
-def runner_frame_seconds(tts: TTS, text: str = TEXT, frames: int = 16, batch: int = 1, voice: Voice | None = None,
-                         sampling: Sampling | None = None, seed: int = 0) -> tuple[float, float]:
-    """``(median seconds per frame, warm-up seconds)`` of the runner's own frame step for ``batch`` streams:
-    the path ``tts.accelerate`` sets up (compiled / CUDA-graphed), which the instrumented pieces of
-    ``profile_synthesis`` do not run. Warm-up = the first two steps (admission, prefill, first frames and, for
-    a static step, its compilation or capture); then ``frames`` steps are timed (no audio decode)."""
-    from .api import SynthesisOptions
+@dataclasses.dataclass(frozen=True)
+class RunnerSteps:
+    """Timed steps of a runner: ``wall`` / ``cpu`` seconds of each timed step (process CPU time), the warm-up
+    seconds (the first two steps) and the streams still live at the end of the timed steps."""
 
-    options = SynthesisOptions(sampling=sampling or Sampling.greedy(), max_new_tokens=frames + 4)
-    runner = tts.new_runner(batch, decode=False)
-    for i in range(batch):
-        runner.submit(tts.prepare(text, voice=voice, seed=seed + i, options=options).job(lambda _item: None))
+    wall: list[float]
+    cpu: list[float]
+    warmup_s: float
+    live: int
+
+
+def time_runner_steps(tts: TTS, prepared: list[Prepared], frames: int) -> RunnerSteps:
+    """The runner's own frame step (the path ``tts.accelerate`` sets up: compiled / CUDA-graphed, which the
+    instrumented pieces of ``profile_synthesis`` do not run) for the ``prepared`` requests on a fresh
+    ``tts.new_runner(len(prepared), decode=False)``. Warm-up = the first two steps (admission and prefill,
+    the first frames and, for a static step, its compilation or capture); then ``frames`` steps are timed.
+    The requests are cancelled afterwards; give them ``max_new_tokens >= frames + 4``."""
+    runner = tts.new_runner(len(prepared), decode=False)
+    for p in prepared:
+        runner.submit(p.job(lambda _item: None))
     sync = Timer(tts.device).sync
     start = time.perf_counter()
     for _ in range(2):
         runner.step()
     sync()
     warm = time.perf_counter() - start
-    times = []
+    wall, cpu = [], []
     for _ in range(frames):
-        start = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.process_time()
         runner.step()
         sync()
-        times.append(time.perf_counter() - start)
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    live = len(runner.live)
     for job in runner.live + runner.waiting:
         job.cancel()
     runner.step()
-    return statistics.median(times), warm
+    return RunnerSteps(wall, cpu, warm, live)
 
 
 # ---- command line -------------------------------------------------------------------------------------
@@ -310,7 +320,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(prof.table())
     out = prof.to_dict()
     if tts.accel.static:  # compile / CUDA graphs act on the runner's step, not on the pieces timed above
-        step, warm = runner_frame_seconds(tts, args.text, args.frames, args.batch, voice, sampling)
+        from .api import SynthesisOptions
+
+        options = SynthesisOptions(sampling=sampling or Sampling.greedy(), max_new_tokens=args.frames + 4)
+        prepared = [tts.prepare(args.text, voice=voice, seed=i, options=options) for i in range(args.batch)]
+        steps = time_runner_steps(tts, prepared, args.frames)
+        step, warm = statistics.median(steps.wall), steps.warmup_s
         out["runner_frame_s"], out["runner_warmup_s"] = step, warm
         print(f"runner frame step with --accel {args.accel}: {1000 * step:.2f} ms/frame (median; the parts above "
               f"run the model's pieces uncompiled, with row kernels where set); warm-up {warm:.1f} s")
