@@ -96,21 +96,27 @@ def _blocks(talker: Talker) -> list[torch.nn.Module]:
     return [*talker.model.layers, *talker.code_predictor.model.layers]
 
 
+def _regions(talker: Talker) -> list[torch.nn.Module]:
+    """The modules compiled as regions: each talker block, and the code predictor whole."""
+    return [*talker.model.layers, talker.code_predictor]
+
+
 def compile_regions(talker: Talker, backend: str) -> Kernels:
-    """Regional compilation: every transformer block (one compiled graph per block shape, shared by all the
-    layers of that shape) and the sampling functions. Fuses the many small element-wise ops of norms, RoPE,
-    SwiGLU and sampling; compiles in a fraction of the time of the whole frame. On CPU the blocks' attention
-    is swapped for ``matmul_attention`` (undone by ``uncompile_regions``), and int8 layers choose their kernel
-    before any trace."""
-    # Block shapes: talker and predictor widths, prefill / predictor-start / frame sequence lengths.
+    """Regional compilation: every talker block (one compiled graph per block shape, shared by all the layers
+    of that shape), the code predictor's transformer as one region (its few layers, RoPE and final norm; 15
+    calls per frame instead of 75 block calls and the eager glue between them), and the sampling functions.
+    Fuses the many small element-wise ops of norms, RoPE, SwiGLU and sampling; compiles in a fraction of the
+    time of the whole frame. On CPU the blocks' attention is swapped for ``matmul_attention`` (undone by
+    ``uncompile_regions``), and int8 layers choose their kernel before any trace."""
+    # Region shapes: talker prefill / frame sequence lengths, predictor first / later steps, batch buckets.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     # On CPU attention runs as plain products that inductor fuses (torch's SDPA is an opaque ~40-100 µs call
     # for one query); on CUDA the fused SDPA kernel stays (the swap is not measured on a GPU).
-    cpu = talker.codec_head.weight.device.type == "cpu"
-    for block in _blocks(talker):
-        if cpu:
+    if talker.codec_head.weight.device.type == "cpu":
+        for block in _blocks(talker):
             block.self_attn.attend = matmul_attention
-        block.compile(backend=backend)
+    for region in _regions(talker):
+        region.compile(backend=backend)
     for layer in talker.modules():
         if isinstance(layer, Int8Linear):
             layer.uses_int8pack()  # decide the kernel now, outside any trace
@@ -119,9 +125,10 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
 
 
 def uncompile_regions(talker: Talker) -> None:
-    """Undo ``compile_regions`` (the blocks run eagerly again)."""
+    """Undo ``compile_regions`` (the modules run eagerly again)."""
+    for region in _regions(talker):
+        region._compiled_call_impl = None
     for block in _blocks(talker):
-        block._compiled_call_impl = None
         block.self_attn.__dict__.pop("attend", None)
 
 

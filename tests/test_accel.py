@@ -193,6 +193,21 @@ def test_matmul_attention_is_sdpa(batch, queries, slots):
     assert got32.dtype == torch.float32 and (got32.double() - expected).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("queries,inline", [(1, True), (2, True), (3, False)])
+def test_matmul_attention_inline_for_few_queries(queries, inline):
+    """One or two queries (a frame step, the predictor's first step) compile to inline loops: no ``bmm``
+    call per attention (two per block, ~100 blocks per frame); prefill-sized queries keep the products."""
+    from torch._inductor.utils import run_and_get_code
+
+    q = torch.randn(1, 4, queries, 16)
+    keys, values = torch.randn(2, 1, 2, 24, 16)
+    mask = causal_mask(torch.arange(24 - queries, 24)[None], 24)
+    torch._dynamo.reset()
+    out, code = run_and_get_code(torch.compile(matmul_attention), q, keys, values, mask)
+    assert torch.allclose(out, sdpa_attention(q, keys, values, mask), atol=1e-5)
+    assert ("bmm" not in "\n".join(code)) == inline
+
+
 def test_compiled_regions_swap_attention_and_back(tiny_checkpoints):
     from qtts.accel import compile_regions, uncompile_regions
 
@@ -201,6 +216,11 @@ def test_compiled_regions_swap_attention_and_back(tiny_checkpoints):
     compile_regions(talker, "eager")
     try:
         assert all(b.self_attn.attend is matmul_attention for b in blocks)
+        # Regions: each talker block, the code predictor whole (its blocks are not compiled on their own).
+        assert all(b._compiled_call_impl is not None for b in talker.model.layers)
+        assert talker.code_predictor._compiled_call_impl is not None
+        assert all(b._compiled_call_impl is None for b in talker.code_predictor.model.layers)
     finally:
         uncompile_regions(talker)
     assert all(b.self_attn.attend is sdpa_attention for b in blocks)
+    assert all(m._compiled_call_impl is None for m in [*talker.model.layers, talker.code_predictor])

@@ -62,18 +62,32 @@ def sdpa_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, ma
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
 
 
+# Queries up to this many take the element-wise form in ``matmul_attention`` (one frame step: 1; the code
+# predictor's first step: 2); prefill keeps the matrix products.
+ROW_QUERIES = 2
+
+
 def matmul_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
                      ) -> torch.Tensor:
     """``sdpa_attention`` as plain products and a softmax in float32, for compiled regions: inductor fuses
     it with its neighbours, where the fused kernel is an opaque call (~40-100 µs on CPU for one query over a
-    few dozen slots, ~100 calls per frame). Same math; rounding differs in the last bits."""
+    few dozen slots, ~100 calls per frame). Up to ``ROW_QUERIES`` queries the products are written as
+    element-wise products and sums, which inductor emits inline (a matrix product stays a ``bmm`` call, two
+    per block: 4 ms of a 87 ms int8 frame). Same math; rounding differs in the last bits."""
     B, H, S, D = q.shape
     kv = keys.shape[1]
     wide = torch.promote_types(q.dtype, torch.float32)
+    keys, values = keys.to(wide), values.to(wide)
+    if S <= ROW_QUERIES:
+        g = q.to(wide).view(B, kv, H // kv, S, 1, D)  # query heads grouped by their KV head
+        scores = (g * keys[:, :, None, None]).sum(-1) * D**-0.5  # [B, kv, H/kv, S, K]
+        weights = scores.masked_fill(~mask[:, :, None], float("-inf")).softmax(-1)
+        out = (weights[..., None] * values[:, :, None, None]).sum(-2)  # [B, kv, H/kv, S, D]
+        return out.reshape(B, H, S, D).to(q.dtype)
     g = q.to(wide).reshape(B, kv, H // kv * S, D)  # the heads sharing a KV head, stacked along the queries
-    scores = g @ keys.to(wide).transpose(-1, -2) * D**-0.5  # [B, kv, H/kv * S, K]
+    scores = g @ keys.transpose(-1, -2) * D**-0.5  # [B, kv, H/kv * S, K]
     scores = scores.view(B, kv, H // kv, S, -1).masked_fill(~mask[:, :, None], float("-inf"))
-    out = scores.softmax(-1).view(B, kv, H // kv * S, -1) @ values.to(wide)
+    out = scores.softmax(-1).view(B, kv, H // kv * S, -1) @ values
     return out.view(B, H, S, D).to(q.dtype)
 
 
