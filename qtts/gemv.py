@@ -113,10 +113,11 @@ MIN_WEIGHTS = 1 << 18
 
 # Most activation rows a product takes through the kernel, by weight dtype (``bench/row_kernels.py`` on the
 # development machine, 1 and 2 threads, 3072x1024 and 1024x3072 weights): float32 two rows read at 14-18
-# GB/s where linear reads 9-11; bfloat16 and int8 two rows about tie with torch's kernels, and from 3-4 rows
-# (float32 from 4) the conversions make the kernel compute-bound and torch's kernels win. Two rows is the
-# code predictor's first step of every frame.
-MAX_ROWS = {torch.float32: 3}
+# GB/s where linear reads 9-11, four rows at 12-21 GB/s where linear reads 8-11 (torch's float32 products of
+# a few rows are slow on this AMD CPU), eight rows tie; bfloat16 and int8 two rows about tie with torch's
+# kernels, and from 3-4 rows the conversions make the kernel compute-bound and torch's kernels win. Two rows
+# is the code predictor's first step of every frame; four, a batch of four streams.
+MAX_ROWS = {torch.float32: 4}
 MAX_ROWS_OTHER = 2
 # Most activation elements (rows x in_features) per call for the narrower weight dtypes: beyond these the kernel
 # lost to torch's kernels in ``bench/row_kernels.py`` (int8: 1 row of 6144 took 3.8x int8pack's time, 2 rows of
