@@ -10,6 +10,11 @@ all of them; the report gives each configuration's median, best and worst round.
 official ``qwen-tts`` package's steady frame (float32 and bfloat16, measured the way the suite does) to each
 round, and the ratios to it are taken within the round.
 
+The floor is taken in the same way: each of our configurations' processes also measures the read bandwidth
+(best of three sums of a 1 GiB tensor) just before and just after its frames, and reports its frame time over
+its own floor (weight bytes per frame / the better of those two rates, ``suite.frame_weight_bytes``), so a
+slow phase of the memory system moves the frame and its floor together.
+
 A configuration is ``dtype:accel`` with ``dtype`` one of float32, bfloat16, int8 (float32 weights quantized)
 and ``accel`` an ``--accel`` value with ``+`` for sets (``eager``, ``row-kernels``, ``compile+row-kernels``).
 """
@@ -36,7 +41,7 @@ def child(checkpoint: str, config: str, frames: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from suite import DTYPES, Memory, measure_official, runner_rate
+    from suite import DTYPES, Memory, frame_weight_bytes, measure_official, read_bandwidth, runner_rate
 
     from qtts import TTS
     from qtts.accel import parse_accel
@@ -50,7 +55,12 @@ def child(checkpoint: str, config: str, frames: int, threads: int) -> dict:
     tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
     tts.set_accel(parse_accel(accel.replace("+", ","), "cpu"))
     runner_rate(tts, 1, 2)  # warm-up: compilation, first frames
-    return {"frame_ms": runner_rate(tts, 1, frames)["frame_ms"]}
+    cpu = torch.device("cpu")
+    before = read_bandwidth(cpu)
+    frame_ms = runner_rate(tts, 1, frames)["frame_ms"]
+    read = max(before, read_bandwidth(cpu))
+    floor_ms = 1000 * frame_weight_bytes(tts)["total"] / read
+    return {"frame_ms": frame_ms, "floor_ms": floor_ms, "read_gb_s": read / 1e9}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,13 +82,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.official:
         configs += sorted({f"{c.split(':')[0]}:official" for c in configs if c.split(":")[0] != "int8"})
     times: dict[str, list[float]] = {c: [] for c in configs}
+    floors: dict[str, list[tuple[float, float]]] = {c: [] for c in configs}  # (floor ms, read GB/s)
     for r in range(args.rounds):
         for config in configs:
             cmd = [sys.executable, __file__, "--child", config, "--checkpoint", args.checkpoint,
                    "--frames", str(args.frames), "--threads", str(args.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ)
             line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-            times[config].append(json.loads(line[7:])["frame_ms"])
+            result = json.loads(line[7:])
+            times[config].append(result["frame_ms"])
+            if "floor_ms" in result:
+                floors[config].append((result["floor_ms"], result["read_gb_s"]))
             print(f"round {r + 1}: {config} {times[config][-1]:.1f} ms", file=sys.stderr)
     print(f"# {cpu_model()}, {os.cpu_count()} CPUs, {args.threads} torch threads, {args.rounds} rounds of "
           f"{args.frames} frames, qtts {git_commit()}, checkpoint {Path(args.checkpoint).name}")
@@ -87,6 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     for config, ts in times.items():
         print(f"| {config} | {statistics.median(ts):.1f} | {min(ts):.1f} | {max(ts):.1f} | "
               f"{', '.join(f'{t:.0f}' for t in ts)} |")
+    for config, fl in floors.items():
+        if fl:
+            ratios = [t / f for t, (f, _) in zip(times[config], fl, strict=True)]
+            print(f"{config} ÷ floor (read bandwidth in the same process, {', '.join(f'{b:.1f}' for _, b in fl)} "
+                  f"GB/s; floor {statistics.median(f for f, _ in fl):.1f} ms median): median "
+                  f"{statistics.median(ratios):.2f} [{min(ratios):.2f}–{max(ratios):.2f}]")
     for config, ts in times.items():
         dtype, accel = config.split(":")
         ref = times.get(f"{'float32' if dtype == 'int8' else dtype}:official")

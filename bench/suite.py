@@ -123,6 +123,21 @@ def bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 5) -> dict:
             "copy_s": [round(t, 4) for t in times]}
 
 
+def read_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 3) -> float:
+    """Read bandwidth in bytes / second: best of ``repeats`` sums of a ``gib`` GiB float32 tensor (a read-only
+    stream, as a frame step's weight reads are; a copy also writes)."""
+    src = torch.ones(int(gib * (1 << 30)) // 4, dtype=torch.float32, device=device)
+    src.sum()  # touch the pages
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        src.sum()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return src.numel() * 4 / best
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
