@@ -39,8 +39,9 @@ from .sampling import process_code0_logits, sample
 class AccelOptions:
     """``compile``: ``torch.compile`` the frame step; ``cuda_graphs``: capture it in CUDA graphs (CUDA only);
     ``max_frames``: cache slots preallocated per stream when shapes are static (prompt + generated frames);
-    ``row_kernels``: CPU products of 1-2 activation rows (float32: 1-3) as a compiled reduction that reads the
-    weights once (``qtts.gemv``; a single stream's frame on CPU; independent of ``compile``)."""
+    ``row_kernels``: CPU products of a few activation rows (``qtts.gemv.MAX_ROWS``: 1-2, float32 1-4) as a
+    compiled reduction that reads the weights once (a single stream's frame on CPU; independent of
+    ``compile``)."""
 
     compile: bool = False
     cuda_graphs: bool = False
