@@ -287,6 +287,53 @@ def test_static_chunk_decoder_equals_decode_step(tiny64: CodecDecoder) -> None:
     assert len(state_tensors(state)) == len(_state_tensors(state))  # every tensor is carried
 
 
+def test_ieee_convolutions_switches_tf32_off_and_back() -> None:
+    """CUDA float32 only: inside the block cuDNN may not use TF32; afterwards (also after an error) the user's
+    settings are back. (The flags are plain settings: no GPU is needed to check them.)"""
+    from qtts.codec.precision import ieee_convolutions
+
+    cudnn = torch.backends.cudnn
+    before = (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision)
+    assert before == ("tf32", "tf32")  # torch's default: what made chunked decodes differ on an H100
+    cuda = torch.device("cuda")
+    with ieee_convolutions(cuda, torch.float32):
+        assert "tf32" not in (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision)
+        assert cudnn.allow_tf32 is False  # consistent: the legacy getter does not raise
+    assert (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) == before
+    with pytest.raises(ValueError), ieee_convolutions(cuda, torch.float32):
+        raise ValueError("boom")
+    assert (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) == before
+    cudnn.conv.fp32_precision = "ieee"  # set apart through the per-operator API: still restored exactly
+    with ieee_convolutions(cuda, torch.float32):
+        assert cudnn.allow_tf32 is False
+    assert (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) == ("ieee", "tf32")
+    cudnn.conv.fp32_precision = "tf32"
+    for device, dtype in ((torch.device("cpu"), torch.float32), (cuda, torch.bfloat16)):
+        with ieee_convolutions(device, dtype):
+            assert cudnn.conv.fp32_precision == "tf32"
+
+
+def test_decoder_runs_inside_ieee_convolutions(monkeypatch) -> None:
+    """Every decode (offline and streaming) enters ``ieee_convolutions`` with the weights' device and dtype."""
+    import contextlib
+
+    from qtts.codec import decoder as decoder_module
+
+    seen = []
+
+    @contextlib.contextmanager
+    def spy(device, dtype):
+        seen.append((device, dtype))
+        yield
+
+    monkeypatch.setattr(decoder_module, "ieee_convolutions", spy)
+    model = _decoder("tiny", torch.float32)
+    codes = _codes(1, 3)
+    model(codes)
+    model.decode_step(codes, model.init_state(1))
+    assert seen == [(torch.device("cpu"), torch.float32)] * 2
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graphed_chunk_decoder_equals_eager_on_cuda() -> None:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..config import CodecDecoderConfig
 from .conv import ConvState, StreamingConv1d, StreamingConvTranspose1d
+from .precision import ieee_convolutions
 from .streaming import State, StateList, StreamingModule, init_states, run_sequence
 from .transformer import TransformerState, WindowTransformer
 
@@ -217,9 +218,11 @@ class CodecDecoder(nn.Module):
         groups, frames = codes.shape[1:]
         assert groups == self.cfg.num_quantizers, f"expected {self.cfg.num_quantizers} code groups, got {groups}"
         assert frames >= 1, "need at least one frame"
-        h = self.pre_conv(self.quantizer(codes), None if state is None else state.pre_conv)
-        h = self.pre_transformer(h.transpose(1, 2), None if state is None else state.transformer)
-        pcm = run_sequence(self._stages(), h.transpose(1, 2), None if state is None else state.stages)
+        weight = self.pre_conv.conv.weight
+        with ieee_convolutions(weight.device, weight.dtype):  # no TF32: chunking must not change the audio
+            h = self.pre_conv(self.quantizer(codes), None if state is None else state.pre_conv)
+            h = self.pre_transformer(h.transpose(1, 2), None if state is None else state.transformer)
+            pcm = run_sequence(self._stages(), h.transpose(1, 2), None if state is None else state.stages)
         return pcm.clamp(min=-1.0, max=1.0)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
