@@ -10,7 +10,8 @@ Builds a random-weight model of a real shape in memory (``qtts.checkpoint.random
   chunk (1 frame) and wall time per audio second over the whole stream;
 - ``codes_match``: greedy codes of every accelerated mode equal eager's (same requests).
 
-Usage: ``python bench/frame_speed.py --shape 0.6b --device cuda --dtype bfloat16 --modes eager,graphs``.
+Usage: ``python bench/frame_speed.py --shape 0.6b --device cuda --dtype bfloat16 --modes eager,graphs,graphs+fused``
+(a mode is ``eager`` or parts joined by ``+``: compile, graphs, fused, row-kernels, codec-stream).
 Absolute times only mean something on a GPU; on CPU compare modes within one run.
 """
 
@@ -28,12 +29,20 @@ from qtts import Sampling, Speaker, SynthesisOptions
 from qtts.checkpoint import random_tts
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it keeps on running far away."
-MODES = {
-    "eager": {},
-    "compile": {"compile": True},
-    "graphs": {"cuda_graphs": True},
-    "compile+graphs": {"compile": True, "cuda_graphs": True},
-}
+PARTS = {"compile": "compile", "graphs": "cuda_graphs", "fused": "fused", "row-kernels": "row_kernels",
+         "codec-stream": "codec_stream"}
+
+
+def mode_options(mode: str) -> dict:
+    """``tts.accelerate`` arguments of a mode: ``eager`` or parts joined by ``+`` (compile, graphs, fused,
+    row-kernels, codec-stream), e.g. ``compile+graphs+fused``."""
+    if mode == "eager":
+        return {}
+    parts = mode.split("+")
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise SystemExit(f"unknown mode part(s) {unknown}; use eager or {', '.join(PARTS)} joined by +")
+    return {PARTS[p]: True for p in parts}
 
 
 def _sync(device: torch.device) -> None:
@@ -100,7 +109,7 @@ def main() -> None:
     print(json.dumps({k: v for k, v in report.items() if k != "modes"}), flush=True)
     reference = None
     for mode in args.modes.split(","):
-        tts.accelerate(**MODES[mode], max_frames=512)
+        tts.accelerate(**mode_options(mode), max_frames=512)
         entry: dict = {"frame_ms": {}, "frames_per_s": {}, "first_step_s": {},
                        "pipelined": tts.new_runner(1).pipelined}
         for b in batches:

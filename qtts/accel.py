@@ -41,7 +41,9 @@ class AccelOptions:
     ``max_frames``: cache slots preallocated per stream when shapes are static (prompt + generated frames);
     ``row_kernels``: CPU products of a few activation rows (``qtts.gemv.MAX_ROWS``: 1-2, float32 1-4) as a
     compiled reduction that reads the weights once (a single stream's frame on CPU; independent of
-    ``compile``)."""
+    ``compile``); ``fused``: each block's q/k/v and gate/up projections as one product each (4 products per
+    block instead of 7; ``qtts.model.fuse``; fewer kernels for a GPU, slower on CPU under ``compile``);
+    ``codec_stream`` (CUDA): chunk decodes on their own CUDA stream, overlapping the next frame step."""
 
     compile: bool = False
     cuda_graphs: bool = False
@@ -49,6 +51,8 @@ class AccelOptions:
     compile_backend: str = "inductor"  # "eager" / "aot_eager" trace without code generation (tests)
     pipelined: bool | None = None  # launch frame t+1 before reading frame t (None: on CUDA only)
     row_kernels: bool = False
+    fused: bool = False
+    codec_stream: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_frames, int) or self.max_frames < 64:
@@ -59,14 +63,16 @@ class AccelOptions:
         return self.compile or self.cuda_graphs
 
 
-ACCEL_PARTS = ("compile", "cuda-graphs", "row-kernels")
+ACCEL_PARTS = ("compile", "cuda-graphs", "row-kernels", "fused", "codec-stream")
 ACCEL_HELP = ("acceleration: auto (CUDA graphs on CUDA, eager on CPU), eager, or a comma-separated set of "
-              "compile, cuda-graphs (CUDA only), row-kernels (CPU, one stream; see qtts.gemv)")
+              "compile, cuda-graphs (CUDA only), row-kernels (CPU, one stream; see qtts.gemv), fused (one product for "
+              "q/k/v and one for gate/up per block), codec-stream (CUDA: chunk decodes overlap the next frame)")
 
 
 def parse_accel(value: str | None, device: torch.device | str) -> AccelOptions:
     """Options for an ``--accel`` value: ``auto`` (or None), ``eager``, or a comma-separated set of
-    ``compile``, ``cuda-graphs``, ``row-kernels``. ``auto`` means CUDA graphs on a CUDA device, else eager."""
+    ``compile``, ``cuda-graphs``, ``row-kernels``, ``fused``, ``codec-stream``. ``auto`` means CUDA graphs on a
+    CUDA device, else eager."""
     device = torch.device(device)
     text = "auto" if value is None else str(value).strip().lower()
     if text == "auto":
@@ -81,7 +87,8 @@ def parse_accel(value: str | None, device: torch.device | str) -> AccelOptions:
     if "cuda-graphs" in parts and device.type != "cuda":
         raise InputError(f"accel cuda-graphs needs a CUDA device; the model is on {device.type}")
     return AccelOptions(compile="compile" in parts, cuda_graphs="cuda-graphs" in parts,
-                        row_kernels="row-kernels" in parts)
+                        row_kernels="row-kernels" in parts, fused="fused" in parts,
+                        codec_stream="codec-stream" in parts)
 
 
 STATIC = Kernels(fixed_span=True)

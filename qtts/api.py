@@ -26,6 +26,7 @@ from .errors import CheckpointError, InputError, UnsupportedModeError
 from .gemv import use_row_kernels_
 from .generate import StreamParams
 from .loop import StreamInput, generate_codes
+from .model.fuse import fuse_projections_, unfuse_projections_
 from .model.tts import TTSModel
 from .prompt import PromptBuilder, PromptPlan, VoiceSpec, check_mode
 from .quant import QuantSummary, parse_quantize, quantize_int8_
@@ -113,7 +114,7 @@ class TTS:
 
     def accelerate(self, *, compile: bool = False, cuda_graphs: bool = False, max_frames: int = 2048,
                    compile_backend: str = "inductor", pipelined: bool | None = None,
-                   row_kernels: bool = False) -> None:
+                   row_kernels: bool = False, fused: bool = False, codec_stream: bool = False) -> None:
         """Run the frame step through ``torch.compile`` and/or CUDA graphs (CUDA only), applied from outside
         the model; ``compile=False, cuda_graphs=False`` returns to eager. Engines and runners made afterwards use
         it; warm-up and capture happen once per runner (``Engine`` s and the pooled runners of
@@ -121,9 +122,11 @@ class TTS:
         ``compile_backend``: the ``torch.compile`` backend; ``pipelined``: launch frame t+1 before reading frame
         t's results, overlapping host and device work (default: on CUDA only); ``row_kernels``: CPU products
         of a few activation rows (a single stream, a small batch) as a compiled reduction that streams the
-        weights faster than torch's CPU ``linear`` (``qtts.gemv``; codes can part from eager at near-ties)."""
+        weights faster than torch's CPU ``linear`` (``qtts.gemv``; codes can part from eager at near-ties);
+        ``fused``: one product for each block's q/k/v projections and one for gate/up (``qtts.model.fuse``);
+        ``codec_stream`` (CUDA): chunk decodes on their own CUDA stream, overlapping the next frame step."""
         self.set_accel(AccelOptions(bool(compile), bool(cuda_graphs), max_frames, compile_backend, pipelined,
-                                    bool(row_kernels)))
+                                    bool(row_kernels), bool(fused), bool(codec_stream)))
 
     def set_accel(self, options: AccelOptions) -> None:
         """``accelerate`` with an ``AccelOptions`` value (e.g. from ``qtts.accel.parse_accel``)."""
@@ -132,13 +135,20 @@ class TTS:
         with self._runners_lock:
             self.accel = options
             self._runners = {}
-        use_row_kernels_(self.model.talker, options.row_kernels)  # at once: also for direct module use (profile)
+        # Model-wide switches, at once (also for direct module use, e.g. profile): the projection layout first,
+        # so that row kernels see the layers that will run.
+        if options.fused:
+            fuse_projections_(self.model.talker)
+        else:
+            unfuse_projections_(self.model.talker)
+        use_row_kernels_(self.model.talker, options.row_kernels)
 
     def new_runner(self, max_batch: int = 1, decode: bool = True) -> Runner:
         """A fresh runner over this model with the current acceleration options."""
         chunks = make_chunk_decoder(self.codec.decoder, self.accel.cuda_graphs) if decode else None
         return Runner(self.model.talker, self.tts_pad(), self.codec.decoder if decode else None, self.sample_rate,
-                      max_batch, make_frame_step(self.model.talker, self.accel), self.accel.pipelined, chunks)
+                      max_batch, make_frame_step(self.model.talker, self.accel), self.accel.pipelined, chunks,
+                      self.accel.codec_stream)
 
     def take_runner(self, max_batch: int = 1) -> Runner:
         """An idle pooled runner with ``max_batch`` slots (or a new one); hand it back with ``give_runner``."""

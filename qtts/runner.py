@@ -15,6 +15,7 @@ push text into a ``TextFeed``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -166,7 +167,8 @@ class Runner:
 
     def __init__(self, talker: Talker, pad: torch.Tensor, decoder: CodecDecoder | None = None,
                  sample_rate: int = 24000, max_batch: int = 1, step: FrameStep | None = None,
-                 pipelined: bool | None = None, chunk_decoder: ChunkDecoder | None = None) -> None:
+                 pipelined: bool | None = None, chunk_decoder: ChunkDecoder | None = None,
+                 codec_stream: bool = False) -> None:
         if not isinstance(max_batch, int) or max_batch < 1:
             raise InputError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.talker, self.pad, self.decoder, self.max_batch = talker, pad, decoder, max_batch
@@ -181,6 +183,11 @@ class Runner:
         # Pipelined: frame t+1 is launched before frame t's results are read, so host work (EOS checks,
         # chunking, codec calls) overlaps device work. A stream that ended at frame t has one wasted frame.
         self.pipelined = (device.type == "cuda") if pipelined is None else pipelined
+        # Codec stream (CUDA): chunk decodes run on their own CUDA stream, so that, pipelined, a chunk's decode
+        # overlaps the next frame step on the device instead of queueing behind it; reading the audio then
+        # waits for the decode alone. Everything of a stream's codec state is made and used on that stream.
+        self.codec_stream = torch.cuda.Stream(self.codec_device) \
+            if codec_stream and self.codec_device is not None and self.codec_device.type == "cuda" else None
         self._inflight: _Launched | None = None
         self.live: list[Job] = []  # live[i].row == i
         self.waiting: list[Job] = []
@@ -298,10 +305,13 @@ class Runner:
         job.position, job.sampled, job.text_len = P, 1, trailing.shape[0]
         job.prompt = job.trailing = None  # not needed any more
         if job.decode and self.decoder is not None:
-            job.codec_state = self.decoder.init_state(1)
-            if job.ref_codes is not None and job.ref_codes.shape[0]:
-                ref = job.ref_codes.T[None].to(prompt.device)
-                self.decoder.decode_step(ref, job.codec_state)  # warm-up; audio dropped
+            if self.codec_stream is not None:  # the codec stream sees everything issued so far (buffers made)
+                self.codec_stream.wait_stream(torch.cuda.current_stream(self.codec_device))
+            with self._codec_context():
+                job.codec_state = self.decoder.init_state(1)
+                if job.ref_codes is not None and job.ref_codes.shape[0]:
+                    ref = job.ref_codes.T[None].to(self.codec_device)
+                    self.decoder.decode_step(ref, job.codec_state)  # warm-up; audio dropped
 
     def _feed(self, job: Job) -> bool:
         """Give a live session slot the text vectors of tokens committed since it last looked."""
@@ -383,13 +393,18 @@ class Runner:
         if job.pending and job.codec_state is not None:
             assert self.decoder is not None
             try:
-                pcm = self.chunk_decoder(codes.T[None].to(self.codec_device), job.codec_state)
+                with self._codec_context():
+                    pcm = self.chunk_decoder(codes.T[None].to(self.codec_device), job.codec_state)
+                    audio = pcm[0, 0].float().cpu().numpy()  # on the codec stream: waits for the decode only
             except Exception as error:  # this stream's codec failed: fail it alone, the batch goes on
                 self._fail(job, error)
                 return
-            audio = pcm[0, 0].float().cpu().numpy()
         job.pending = []
         job.sink(self._chunk(job, audio, codes, reason))
+
+    def _codec_context(self) -> contextlib.AbstractContextManager:
+        """Where codec work is issued: the codec stream if there is one, else the current stream."""
+        return torch.cuda.stream(self.codec_stream) if self.codec_stream is not None else contextlib.nullcontext()
 
     def _fail(self, job: Job, error: BaseException) -> None:
         """End ``job`` with ``error`` (its sink gets the exception) and free its slot if it still holds one."""

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The device check for a session lent a GPU: one call, at most ~9.5 minutes, everything written under $OUT.
+# (A session has 15 minutes of device time in all; a machine starts in ~30 s. Give it back right after.)
 #
 #   run(command="bash scripts/gpu_check.sh", carry=[".gpu"], timeout_s=600)
 #
@@ -7,15 +8,20 @@
 # Prepare `.gpu/` here first (git-ignored through .git/info/exclude; `bash scripts/gpu_prepare.sh`):
 #   .gpu/whl/    wheels our package needs there (soundfile, cffi, pycparser, soxr; CPython 3.12),
 #   .gpu/off/    the official package and the versions it pins (qwen-tts 0.1.1, transformers 4.57.3, ...),
-#                used only by the last step, in its own PYTHONPATH,
+#                installed to /tmp/off for the suite against it (below), in its own PYTHONPATH,
 #   .gpu/shared/data/qwen-text-tokenizer/   the real tokenizer (the tests read it through QTTS_SHARED).
 # Steps, most important first, each with a time cap inside one overall deadline (a step cut short keeps what
 # it wrote):
 #   0. smoke: import qtts, one tiny synthesis on CUDA (stops the run early if this fails);
-#   1. bench/frame_speed.py at the 0.6b shape, bfloat16: eager and CUDA graphs, B = 1 and 8, TTFA, x real time;
-#   2. the GPU tests (CUDA graphs / compile + graphs == eager, graphed codec chunk decode == eager);
-#   3. bench/frame_speed.py with compile + CUDA graphs;
-#   4. bench/suite.py on the 0.6b shape against the official package in the same process (bfloat16).
+#   1. the GPU tests but the compiled one (CUDA graphs == eager, graphed codec chunk decode == eager);
+#   2. bench/frame_speed.py at the 0.6b shape, bfloat16: eager, CUDA graphs, and CUDA graphs with fused projections
+#      or with the codec on its own stream; B = 1 and 8, TTFA, x real time;
+#   3. compile + CUDA graphs, plain and with both (the first mode's codes are the reference);
+#   4. the compiled GPU test (compiles three batch buckets: 30-50 s each on an H100).
+# The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
+#   make the checkpoint (python3 -m qtts.cli make-checkpoint --shape 0.6b --kind custom_voice --seed 1 --out
+#   checkpoints/0.6b-custom_voice), then PYTHONPATH="$PWD:/tmp/off:/tmp/site" python3 bench/suite.py --device cuda
+#   --shapes 0.6b --dtypes bfloat16 --accels eager,cuda-graphs --batches 1,8 --frames 24 --out-dir "$OUT".
 set -uo pipefail
 OUT=${OUT:-/tmp/qtts-gpu}
 mkdir -p "$OUT"
@@ -52,14 +58,13 @@ out = tts.synthesize("Hello there.", voice=Speaker(tts.speakers[0]), seed=0, opt
 print("smoke ok", tuple(out.codes.shape), round(time.perf_counter() - t0, 2), "s")
 EOF
 
-step frame_speed 130 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --modes eager,graphs \
+step gpu_tests 100 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
+    tests/test_accel.py tests/test_fuse.py -k "not compiled"
+step frame_speed 130 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --modes eager,graphs,graphs+fused,graphs+codec-stream \
     --batches 1,8 --frames 48 --out "$OUT/frame_speed.json"
-step gpu_tests 150 python3 -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_accel.py tests/test_codec_decoder.py
-step frame_speed_compiled 150 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --modes eager,compile+graphs \
-    --batches 1,8 --frames 48 --out "$OUT/frame_speed_compiled.json"
-step checkpoint 40 python3 -m qtts.cli make-checkpoint --shape 0.6b --kind custom_voice --seed 1 \
-    --out checkpoints/0.6b-custom_voice --tokenizer .gpu/shared/data/qwen-text-tokenizer --overwrite \
-  && PYTHONPATH="$PWD:/tmp/off:/tmp/site" step suite 400 python3 bench/suite.py --device cuda --shapes 0.6b \
-    --dtypes bfloat16 --accels eager,cuda-graphs --batches 1,8 --frames 24 --copy-gib 2 --out-dir "$OUT" --label gpu
+step frame_speed_compiled 240 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
+    --modes compile+graphs,compile+graphs+fused+codec-stream --batches 1,8 --frames 48 --out "$OUT/frame_speed_compiled.json"
+step gpu_test_compiled 200 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=3 -m gpu \
+    tests/test_accel.py -k compiled
 echo "done at +$(( $(date +%s) - START ))s" | tee -a "$LOG"
-grep -E "^== |ms/frame|passed|failed|error|Error|x_realtime|official" "$LOG" | tail -n 60
+grep -E "^== |ms/frame|passed|failed|error|Error|x_realtime" "$LOG" | tail -n 60

@@ -224,3 +224,58 @@ def test_compiled_regions_swap_attention_and_back(tiny_checkpoints):
         uncompile_regions(talker)
     assert all(b.self_attn.attend is sdpa_attention for b in blocks)
     assert all(m._compiled_call_impl is None for m in [*talker.model.layers, talker.code_predictor])
+
+
+def test_codec_work_goes_through_the_codec_context(tiny_checkpoints):
+    """Every chunk decode, its audio read, and the stream's codec state (made at admission) are issued inside
+    ``Runner._codec_context``: on CUDA with ``codec_stream`` that is the codec's own CUDA stream, which is
+    what lets a decode overlap the next frame. (On CPU there is no stream: this checks the routing.)"""
+    import contextlib
+
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
+    runner = tts.new_runner(1)
+    assert runner.codec_stream is None  # CPU: nothing to overlap
+    inside, calls = [False], []
+
+    @contextlib.contextmanager
+    def codec_context():
+        inside[0] = True
+        try:
+            yield
+        finally:
+            inside[0] = False
+
+    decode, init_state = runner.chunk_decoder, runner.decoder.init_state
+    runner._codec_context = codec_context
+    runner.chunk_decoder = lambda codes, state: (calls.append(("decode", inside[0])), decode(codes, state))[1]
+    runner.decoder.init_state = lambda *a: (calls.append(("state", inside[0])), init_state(*a))[1]
+    try:
+        prepared = tts.prepare(TEXTS[2], voice=Speaker("eric"), seed=1, options=SynthesisOptions(max_new_tokens=7))
+        chunks = []
+        runner.submit(prepared.job(chunks.append))
+        while not runner.idle:
+            runner.step()
+    finally:
+        del runner.decoder.init_state
+    assert calls[0] == ("state", True) and ("decode", True) in calls and all(flag for _, flag in calls)
+    frames = sum(c.codes.shape[0] for c in chunks)
+    assert frames > 1 and sum(len(c.audio) for c in chunks) == frames * tts.codec.decoder.samples_per_frame
+
+
+def test_parse_codec_stream():
+    from qtts.accel import parse_accel
+
+    assert parse_accel("cuda-graphs,codec-stream", "cuda").codec_stream
+    assert not parse_accel("cuda-graphs", "cuda").codec_stream
+
+
+@cuda
+@pytest.mark.gpu
+def test_codec_stream_equals_default_on_cuda(tiny_checkpoints):
+    """Chunk decodes on their own CUDA stream (overlapping the next frame, pipelined): same codes and audio."""
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cuda")
+    tts.accelerate(cuda_graphs=True, max_frames=128)
+    expected = _run(tts, 4)
+    tts.accelerate(cuda_graphs=True, codec_stream=True, max_frames=128)
+    _compare(_run(tts, 4), expected, 0.0)
+    assert tts.new_runner(1).codec_stream is not None

@@ -108,6 +108,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
         self.q_norm = RMSNorm(head_dim, eps)
         self.k_norm = RMSNorm(head_dim, eps)
+        self.qkv_proj: nn.Module | None = None  # q, k, v as one product once fused (``qtts.model.fuse``)
 
     def forward(
         self,
@@ -120,9 +121,14 @@ class Attention(nn.Module):
         """``x [B, S, hidden]``, ``positions [B, S]`` (cache slots to write), ``mask [B, 1, S, K]`` bool
         (True = may attend) over the first K cache slots. Returns ``[B, S, hidden]``."""
         B, S, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, S, self.heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(x).view(B, S, self.kv_heads, self.head_dim)).transpose(1, 2)
-        v = self.v_proj(x).view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv_proj is not None:
+            kv = self.kv_heads * self.head_dim
+            q, k, v = self.qkv_proj(x).split([self.heads * self.head_dim, kv, kv], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = self.q_norm(q.view(B, S, self.heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(k.view(B, S, self.kv_heads, self.head_dim)).transpose(1, 2)
+        v = v.view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         keys, values = cache.write(positions, k, v, mask.shape[-1])
@@ -138,9 +144,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_up_proj: nn.Module | None = None  # gate and up as one product once fused (``qtts.model.fuse``)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
