@@ -32,7 +32,7 @@ from .generate import EAGER, FrameState, Kernels, decode_frame
 from .model.layers import matmul_attention
 from .model.talker import Talker
 from .quant import Int8Linear
-from .sampling import process_code0_logits, sample
+from .sampling import group_noise, process_code0_logits, sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +129,8 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
         if isinstance(layer, Int8Linear):
             layer.uses_int8pack()  # decide the kernel now, outside any trace
     return Kernels(sample=torch.compile(sample, backend=backend),
-                   code0_logits=torch.compile(process_code0_logits, backend=backend), fixed_span=True)
+                   code0_logits=torch.compile(process_code0_logits, backend=backend),
+                   noise=torch.compile(group_noise, backend=backend), fixed_span=True)
 
 
 def uncompile_regions(talker: Talker) -> None:
@@ -230,10 +231,12 @@ class StaticFrameStep(FrameStep):
         """Compile ``sample`` for this bucket now, with the warm-up, even if the first streams are greedy (and
         took ``greedy``): else the first sampled stream would wait for the compilation mid-request."""
         cfg = self.talker.cfg
-        for params, vocab, group in ((view.talker_params, cfg.vocab_size, 0),
-                                     (view.predictor_params, cfg.code_predictor_config.vocab_size, 1)):
-            logits = torch.zeros(view.batch, vocab, device=view.seeds.device)
-            self.kernels.sample(logits, params, view.seeds, view.steps, group)
+        logits = torch.zeros(view.batch, cfg.vocab_size, device=view.seeds.device)
+        self.kernels.sample(logits, view.talker_params, view.seeds, view.steps, 0)
+        vocab = cfg.code_predictor_config.vocab_size
+        noise = self.kernels.noise(view.seeds, view.steps, 1, view.groups - 1, vocab)  # as predict_groups draws it
+        logits = torch.zeros(view.batch, vocab, device=view.seeds.device)
+        self.kernels.sample(logits, view.predictor_params, view.seeds, view.steps, 1, noise[:, 0])
 
     def _capture(self, state: FrameState, rows: int, span: int, key: tuple
                  ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]:

@@ -18,7 +18,7 @@ from .embed import frame_embedding
 from .errors import InputError
 from .model.cache import KVCache, causal_mask
 from .model.talker import Talker
-from .sampling import SamplingTensors, process_code0_logits, sample
+from .sampling import SamplingTensors, group_noise, process_code0_logits, sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +172,7 @@ class Kernels:
 
     sample: Callable[..., torch.Tensor] = sample
     code0_logits: Callable[..., torch.Tensor] = process_code0_logits
+    noise: Callable[..., torch.Tensor] = group_noise  # the predictor groups' sampling noise, drawn once per frame
     fixed_span: bool = False  # predictor attention reads all G cache slots (masked): one shape per step
     greedy_shortcut: bool = True
 
@@ -226,13 +227,15 @@ def predict_groups(talker: Talker, state: FrameState, kernels: Kernels = EAGER) 
     h = pred(x, positions, caches, causal_mask(positions, G if kernels.fixed_span else 2))[:, -1]
     codes = [state.code0]
     pick = kernels.sampler(state, 1)
+    noise = None if pick is greedy else kernels.noise(state.seeds, state.steps, 1, G - 1, pred.cfg.vocab_size)
     for g in range(1, G):
         if g > 1:
             positions = torch.full((B, 1), g, device=x.device, dtype=torch.long)
             h = pred(pred.embed_group(g - 1, codes[-1])[:, None], positions, caches,
                      causal_mask(positions, G if kernels.fixed_span else g + 1))[:, -1]
         logits = pred.logits(g, h).float()
-        codes.append(pick(logits, state.predictor_params, state.seeds, state.steps, g))
+        codes.append(pick(logits, state.predictor_params, state.seeds, state.steps, g,
+                          None if noise is None else noise[:, g - 1]))
     return torch.stack(codes, dim=1)
 
 

@@ -66,3 +66,33 @@ def test_greedy_steps_skip_the_sampling_filter_with_the_same_codes(tiny_tts):
     assert calls and set(calls) == {pred_vocab}
     with pytest.raises(AssertionError, match="sample\\(\\) was called"):
         _frames(tts, dataclasses.replace(EAGER, sample=_no_sample), [StreamParams(SAMPLED, GREEDY, seed=5)], 1)
+
+
+def test_a_sampled_frame_draws_its_noise_once(tiny_tts):
+    """The predictor's 15 sampled groups take their noise from one ``group_noise`` call per frame (under CUDA
+    graphs without compilation every operation is a kernel); greedy frames draw none."""
+    from qtts.sampling import group_noise, sample
+
+    tts = tiny_tts["custom_voice"]
+    calls = {"noise": 0, "sample": 0, "drawn": 0}
+
+    def noise(*args):
+        calls["noise"] += 1
+        return group_noise(*args)
+
+    def pick(*args):
+        calls["sample"] += 1
+        calls["drawn"] += len(args) > 5 and args[5] is not None
+        return sample(*args)
+
+    kernels = dataclasses.replace(EAGER, noise=noise, sample=pick)
+    for sampling, expected in ((Sampling(), (1, 16, 15)), (Sampling.greedy(), (0, 0, 0))):
+        runner = tts.new_runner(1, decode=False)
+        prepared = tts.prepare("One frame.", voice=Speaker("ryan"), seed=1,
+                               options=SynthesisOptions(max_new_tokens=9, sampling=sampling))
+        runner.submit(prepared.job(lambda _chunk: None))
+        runner.step()
+        calls.update(noise=0, sample=0, drawn=0)
+        with torch.no_grad():
+            decode_frame(tts.model.talker, runner.state, runner.state.cache.max_len, kernels)
+        assert (calls["noise"], calls["sample"], calls["drawn"]) == expected

@@ -94,3 +94,16 @@ def test_noise_never_reaches_one_so_masked_tokens_never_win():
     for top_k, top_p in ((0, 1.0), (50, 1.0), (0, 0.9)):
         token = sample(logits, _params(1, top_k=top_k, top_p=top_p), seeds, steps, 0)
         assert int(token) != 932
+
+
+def test_group_noise_is_each_groups_noise():
+    """A frame draws its 15 predictor groups' noise in one call: bit for bit what each group draws alone."""
+    from qtts.sampling import group_noise
+
+    seeds = torch.tensor([0, 1, 2**40 + 7, 2**63 - 1])
+    steps = torch.tensor([0, 5, 2**31, 7])
+    together = group_noise(seeds, steps, 1, 15, 2048)
+    assert together.shape == (4, 15, 2048)
+    for g in range(1, 16):
+        assert torch.equal(together[:, g - 1], uniform_noise(seeds, steps, g, 2048))
+    assert not torch.equal(together[:, 0], together[:, 1])

@@ -22,10 +22,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        # torch's rms_norm is the official formula (x * rsqrt(mean(x^2) + eps), identical ops on CPU) and one
+        # fused kernel on CUDA instead of five: a graphed frame step runs ~400 norms.
+        h = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return self.weight * h.to(x.dtype)
 
 
 class Rotary(nn.Module):
