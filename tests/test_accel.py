@@ -193,6 +193,24 @@ def test_matmul_attention_is_sdpa(batch, queries, slots):
     assert got32.dtype == torch.float32 and (got32.double() - expected).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("queries", [1, 2, 5])
+def test_additive_mask_gives_the_boolean_masks_attention(queries):
+    """Decoders turn the boolean mask into an additive one once for all their layers; both attention kernels
+    give exactly what they give with the boolean mask."""
+    from qtts.model.layers import additive_mask
+
+    torch.manual_seed(queries)
+    q = torch.randn(2, 8, queries, 16)
+    keys, values = torch.randn(2, 2, 4, 20, 16)
+    positions = torch.arange(10, 10 + queries)[None].repeat(2, 1) - torch.tensor([[0], [3]])
+    mask = causal_mask(positions, 20)
+    add = additive_mask(mask, torch.float32)
+    assert add.dtype == torch.float32 and set(add.unique().tolist()) == {0.0, float("-inf")}
+    assert torch.equal(additive_mask(add, torch.float32), add)  # already additive: unchanged
+    for attend in (sdpa_attention, matmul_attention):
+        assert torch.equal(attend(q, keys, values, add), attend(q, keys, values, mask))
+
+
 @pytest.mark.parametrize("queries,inline", [(1, True), (2, True), (3, False)])
 def test_matmul_attention_inline_for_few_queries(queries, inline):
     """One or two queries (a frame step, the predictor's first step) compile to inline loops: no ``bmm``
@@ -279,3 +297,20 @@ def test_codec_stream_equals_default_on_cuda(tiny_checkpoints):
     tts.accelerate(cuda_graphs=True, codec_stream=True, max_frames=128)
     _compare(_run(tts, 4), expected, 0.0)
     assert tts.new_runner(1).codec_stream is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_with_the_signed_sin_is_the_textbook_rotation(dtype):
+    """``apply_rotary`` with ``Rotary.cos_sin`` 's signed sine equals ``x * cos + rotate_half(x) * sin`` exactly."""
+    from qtts.model.layers import Rotary, apply_rotary
+
+    torch.manual_seed(0)
+    positions = torch.tensor([[0, 7, 300], [5, 6, 2047]])
+    cos, signed = Rotary(64, 1e6).cos_sin(positions, dtype)
+    freqs = positions.float()[..., None] * (1.0 / 1e6 ** (torch.arange(0, 64, 2).float() / 64))
+    emb = torch.cat((freqs, freqs), dim=-1)
+    assert torch.equal(cos, emb.cos().to(dtype)[:, None])
+    sin = emb.sin().to(dtype)[:, None]
+    x = torch.randn(2, 4, 3, 64).to(dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    assert torch.equal(apply_rotary(x, cos, signed), x * cos + torch.cat((-x2, x1), dim=-1) * sin)

@@ -41,25 +41,36 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos`` and the signed ``sin`` (its first half negated, see ``apply_rotary``), ``[B, 1, S, D]``."""
         freqs = positions.float()[..., None] * self.inv_freq.float()  # [B, S, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+        cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+        half = sin.shape[-1] // 2
+        return cos[:, None], torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, None]
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [B, H, S, D]`` by ``cos``/``signed_sin`` ``[B, 1, S, D]`` (from ``Rotary.cos_sin``).
+
+    The textbook ``x * cos + cat(-x2, x1) * sin`` with the sign moved into ``sin`` once per decoder call
+    instead of negating ``x2`` in every layer: bit for bit the same (a product's sign is exact)."""
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [B, H, S, D]`` by ``cos``/``sin`` ``[B, 1, S, D]``."""
-    return x * cos + _rotate_half(x) * sin
+    return x * cos + torch.cat((x2, x1), dim=-1) * signed_sin
 
 
 def sdpa_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``q [B, H, S, D]`` over ``keys``/``values`` ``[B, H_kv, K, D]`` (``H`` a multiple of ``H_kv``) with
-    ``mask [B, 1, S, K]`` (True = may attend) -> ``[B, H, S, D]``: torch's fused kernel (the reference)."""
+    ``mask [B, 1, S, K]`` (bool, True = may attend, or additive: 0 / -inf) -> ``[B, H, S, D]``: torch's fused
+    kernel (the reference)."""
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask (True = may attend) as the additive one attention uses: 0 where allowed,
+    -inf elsewhere, in ``dtype``. Float masks pass through."""
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
 # Queries up to this many take the element-wise form in ``matmul_attention`` (one frame step: 1; the code
@@ -81,14 +92,22 @@ def matmul_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     if S <= ROW_QUERIES:
         g = q.to(wide).view(B, kv, H // kv, S, 1, D)  # query heads grouped by their KV head
         scores = (g * keys[:, :, None, None]).sum(-1) * D**-0.5  # [B, kv, H/kv, S, K]
-        weights = scores.masked_fill(~mask[:, :, None], float("-inf")).softmax(-1)
+        weights = _masked(scores, mask[:, :, None]).softmax(-1)
         out = (weights[..., None] * values[:, :, None, None]).sum(-2)  # [B, kv, H/kv, S, D]
         return out.reshape(B, H, S, D).to(q.dtype)
     g = q.to(wide).reshape(B, kv, H // kv * S, D)  # the heads sharing a KV head, stacked along the queries
     scores = g @ keys.transpose(-1, -2) * D**-0.5  # [B, kv, H/kv * S, K]
-    scores = scores.view(B, kv, H // kv, S, -1).masked_fill(~mask[:, :, None], float("-inf"))
+    scores = _masked(scores.view(B, kv, H // kv, S, -1), mask[:, :, None])
     out = scores.softmax(-1).view(B, kv, H // kv * S, -1) @ values
     return out.view(B, H, S, D).to(q.dtype)
+
+
+def _masked(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``scores`` with ``mask`` applied: -inf where a boolean mask is False, or the additive mask added (adding
+    0 leaves a score unchanged, so both give the same result)."""
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, float("-inf"))
+    return scores + mask
 
 
 class Attention(nn.Module):
@@ -118,8 +137,9 @@ class Attention(nn.Module):
         positions: torch.Tensor,
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        """``x [B, S, hidden]``, ``positions [B, S]`` (cache slots to write), ``mask [B, 1, S, K]`` bool
-        (True = may attend) over the first K cache slots. Returns ``[B, S, hidden]``."""
+        """``x [B, S, hidden]``, ``positions [B, S]`` (cache slots to write), ``mask [B, 1, S, K]`` over the
+        first K cache slots: bool (True = may attend) or additive (``additive_mask``). Returns
+        ``[B, S, hidden]``."""
         B, S, _ = x.shape
         if self.qkv_proj is not None:
             kv = self.kv_heads * self.head_dim
@@ -187,6 +207,7 @@ class Decoder(nn.Module):
                 mask: torch.Tensor) -> torch.Tensor:
         """``x [B, S, hidden]`` at ``positions [B, S]`` -> final-normed hidden ``[B, S, hidden]``."""
         rope = self.rotary.cos_sin(positions, x.dtype)
+        mask = additive_mask(mask, x.dtype)  # once for all layers (attention would convert it per layer)
         for layer, cache in zip(self.layers, caches, strict=True):
             x = layer(x, rope, cache, positions, mask)
         return self.norm(x)
