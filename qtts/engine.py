@@ -23,7 +23,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .errors import InputError, QttsError
+from .generate import SamplingParams, StreamParams
 from .runner import AudioChunk, ChunkPolicy, Job
 
 if TYPE_CHECKING:
@@ -225,6 +228,40 @@ class Engine:
         """``await`` version of ``call``."""
         return await asyncio.wrap_future(self.call(fn, *args, **kwargs))
 
+    def warm_up(self, frames: int = 16) -> float:
+        """Compile / capture now, before serving, what a static frame step (``compile`` / ``cuda-graphs``) would
+        otherwise build on the first request that needs it: every batch bucket (1, 2, 4, ... ``max_batch``
+        streams at once) and the codec's chunk pieces. Runs synthetic streams (zero prompts, sampled, ``frames``
+        frames; their audio is dropped) and returns the warm-up seconds this added (0 for an eager step).
+        Blocks the caller; call it before taking requests."""
+        if not self.runner.step_fn.static:
+            return 0.0
+        before = self.stats()["warmup_seconds"]
+        finished, frames_total, observers = len(self.finished), self.frames_total, self.observers
+        self.observers = []  # synthetic streams are not traffic: kept out of metrics and stats
+        sizes, b = [], 1
+        while b < self.config.max_batch:
+            sizes.append(b)
+            b *= 2
+        sizes.append(self.config.max_batch)
+        count = 0
+        try:
+            # A last single stream with yet another prompt length: the prefill regions see a second length and
+            # are built for any length (otherwise the first real prompt of another length would build them).
+            for size in [*sizes, 1]:
+                handles = []
+                for _ in range(size):
+                    handles.append(self.submit(_Synthetic(self.tts, count, frames)))
+                    count += 1
+                for handle in handles:
+                    for _ in handle:
+                        pass
+        finally:
+            self.observers = observers
+            del self.finished[finished:]
+            self.frames_total = frames_total
+        return self.stats()["warmup_seconds"] - before
+
     def stats(self) -> dict[str, float]:
         """``active`` (streams in slots), ``waiting`` (queued for a slot or for text), ``frames_total``,
         ``max_batch`` and ``warmup_seconds``: time spent compiling and capturing CUDA graphs so far (frame step
@@ -324,3 +361,19 @@ class Engine:
                 job.finish_reason = "error"
                 job.sink(EngineBusy(f"no free slot within {self.config.wait_timeout:g} s; retry later",
                                     self._retry_after()))
+
+
+class _Synthetic:
+    """Warm-up request ``n``: a zero prompt of ``8 + n`` positions, no text, sampled codes, ``frames`` frames."""
+
+    def __init__(self, tts: TTS, n: int, frames: int) -> None:
+        hidden = tts.cfg.talker.hidden_size
+        self.prompt = torch.zeros(8 + n, hidden, dtype=tts.dtype, device=tts.device)
+        seed = n
+        self.trailing = self.prompt[:0]
+        self.params = StreamParams(SamplingParams(), SamplingParams(), seed)
+        self.frames = frames
+
+    def job(self, sink, policy=None, started=None) -> Job:
+        return Job(self.params, sink, prompt=self.prompt, trailing=self.trailing, max_new_tokens=self.frames,
+                   policy=policy, started=started)

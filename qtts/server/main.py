@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="voice library folder (default $QTTS_HOME/voices or ~/.cache/qtts/voices)")
     p.add_argument("--model-name", help="model name reported by /v1/models (default: the checkpoint's folder name)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="do not build the compiled / graphed frame step for every batch size before serving "
+                        "(the first requests then pay for it)")
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -43,7 +46,7 @@ def settings_from_args(args: argparse.Namespace):
         max_input_chars=args.max_input_chars, max_upload_bytes=args.max_upload_bytes, max_batch=args.max_batch,
         max_waiting=args.max_waiting, wait_timeout=args.wait_timeout, text_timeout=args.text_timeout,
         data_dir=Path(args.data_dir) if args.data_dir else default_data_dir(), model_name=args.model_name,
-        accel=getattr(args, "accel", None),
+        accel=getattr(args, "accel", None), warmup=getattr(args, "warmup", True),
     )
 
 

@@ -30,7 +30,8 @@ class ServerSettings:
     text before it is cancelled (an idle client must not hold a batch slot forever); ``data_dir``: the voice
     library folder; ``model_name``: the name reported by ``/v1/models`` (default: the checkpoint folder's name);
     ``accel``: the models' acceleration, as ``qtts.accel.parse_accel`` (None: ``auto`` for a model the server
-    loads; a model handed in keeps its own).
+    loads; a model handed in keeps its own); ``warmup``: with a static frame step (compile / CUDA graphs),
+    build every batch bucket before serving (``Engine.warm_up``), so that no request waits for compilation.
     """
 
     model: str | None = None
@@ -51,6 +52,7 @@ class ServerSettings:
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
     model_name: str | None = None
     accel: str | None = None
+    warmup: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_input_chars", "max_upload_bytes", "max_batch", "max_waiting"):
@@ -68,6 +70,8 @@ class ServerSettings:
             raise InputError("api_key must not be empty (leave it unset to disable authentication)")
         if self.clone_model is not None and not str(self.clone_model).strip():
             raise InputError("clone_model must not be empty (leave it unset to serve one model)")
+        if not isinstance(self.warmup, bool):
+            raise InputError(f"warmup must be true or false, got {self.warmup!r}")
         if self.accel is not None:
             parse_accel(self.accel, "cuda")  # the form only; the device is checked when the model is loaded
         object.__setattr__(self, "data_dir", Path(self.data_dir))

@@ -95,6 +95,10 @@ class ServerState:
         ids = ModelIds.build(name, source, settings.clone_model, has_clone=clone_tts is not None)
         engine = Engine(tts, config)
         clone_engine = Engine(clone_tts, config) if clone_tts is not None else None
+        for label, e in (("main", engine), ("clone", clone_engine)):
+            if settings.warmup and e is not None and e.runner.step_fn.static:
+                log.info("warming up the %s model's frame step (every batch bucket, once)", label)
+                log.info("warm-up done in %.1f s", e.warm_up())
         return cls(tts, engine, settings, Metrics(), open_library(settings.data_dir, tts.speakers), name,
                    clone_tts=clone_tts, clone_engine=clone_engine, model_ids=ids)
 
