@@ -369,9 +369,8 @@ class _Synthetic:
     def __init__(self, tts: TTS, n: int, frames: int) -> None:
         hidden = tts.cfg.talker.hidden_size
         self.prompt = torch.zeros(8 + n, hidden, dtype=tts.dtype, device=tts.device)
-        seed = n
         self.trailing = self.prompt[:0]
-        self.params = StreamParams(SamplingParams(), SamplingParams(), seed)
+        self.params = StreamParams(SamplingParams(), SamplingParams(), seed=n)
         self.frames = frames
 
     def job(self, sink, policy=None, started=None) -> Job:

@@ -29,11 +29,15 @@ def _concat(layers: list[nn.Module]) -> nn.Module:
     if all(type(m) is Int8Linear for m in layers):
         return Int8Linear(torch.cat([m.weight_int8 for m in layers]), torch.cat([m.scales for m in layers]),
                           kernel=layers[0].kernel)
-    first = layers[0].weight
-    fused = nn.Linear(first.shape[1], sum(m.weight.shape[0] for m in layers), bias=False, device=first.device,
-                      dtype=first.dtype)
-    fused.weight = nn.Parameter(torch.cat([m.weight for m in layers]), requires_grad=False)
-    return fused
+    return _linear(torch.cat([m.weight for m in layers]))
+
+
+def _linear(weight: torch.Tensor) -> nn.Linear:
+    """A bias-free ``nn.Linear`` holding ``weight [out, in]`` (built on the meta device: nothing allocated or
+    initialised before the weight is set)."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+    return layer
 
 
 def _split(fused: nn.Module, sizes: list[int]) -> list[nn.Module]:
@@ -41,12 +45,7 @@ def _split(fused: nn.Module, sizes: list[int]) -> list[nn.Module]:
     if type(fused) is Int8Linear:
         return [Int8Linear(q.clone(), s.clone(), kernel=fused.kernel)
                 for q, s in zip(fused.weight_int8.split(sizes), fused.scales.split(sizes), strict=True)]
-    out = []
-    for w in fused.weight.split(sizes):
-        layer = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
-        layer.weight = nn.Parameter(w.clone(), requires_grad=False)
-        out.append(layer)
-    return out
+    return [_linear(w.clone()) for w in fused.weight.split(sizes)]
 
 
 def _fusable(layers: list[nn.Module]) -> bool:
