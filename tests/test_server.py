@@ -287,7 +287,8 @@ def test_serve_arguments():
                                       "--data-dir", "/tmp/v"])
     settings = settings_from_args(args)
     assert (settings.port, settings.api_key, settings.max_batch, str(settings.data_dir)) == (9000, "k", 3, "/tmp/v")
-    assert settings.model is None and settings.host == "127.0.0.1"
+    assert settings.model is None and settings.host == "127.0.0.1" and settings.warmup
+    assert not settings_from_args(build_parser().parse_args(["serve", "--no-warmup"])).warmup
 
 
 def test_sampling_fields_reach_the_engine(server, tiny_tts):
