@@ -18,6 +18,7 @@ Absolute times only mean something on a GPU; on CPU compare modes within one run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -26,23 +27,15 @@ import time
 import torch
 
 from qtts import Sampling, Speaker, SynthesisOptions
+from qtts.accel import AccelOptions, parse_accel
 from qtts.checkpoint import random_tts
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it keeps on running far away."
-PARTS = {"compile": "compile", "graphs": "cuda_graphs", "fused": "fused", "row-kernels": "row_kernels",
-         "codec-stream": "codec_stream"}
-
-
-def mode_options(mode: str) -> dict:
-    """``tts.accelerate`` arguments of a mode: ``eager`` or parts joined by ``+`` (compile, graphs, fused,
-    row-kernels, codec-stream), e.g. ``compile+graphs+fused``."""
-    if mode == "eager":
-        return {}
-    parts = mode.split("+")
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown:
-        raise SystemExit(f"unknown mode part(s) {unknown}; use eager or {', '.join(PARTS)} joined by +")
-    return {PARTS[p]: True for p in parts}
+def mode_options(mode: str, device: torch.device) -> AccelOptions:
+    """The acceleration of a mode: ``eager`` or ``--accel`` parts joined by ``+`` (``graphs`` short for
+    ``cuda-graphs``), e.g. ``compile+graphs+fused``; 512 cache slots per stream."""
+    parts = ["cuda-graphs" if p == "graphs" else p for p in mode.split("+")]
+    return dataclasses.replace(parse_accel(",".join(parts), device), max_frames=512)
 
 
 def _sync(device: torch.device) -> None:
@@ -99,6 +92,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     batches = [int(b) for b in args.batches.split(",")]
+    modes = {mode: mode_options(mode, device) for mode in args.modes.split(",")}  # bad modes fail before the build
     t0 = time.perf_counter()
     tts = random_tts(args.shape, "custom_voice", device, dtype)
     report: dict = {
@@ -108,8 +102,8 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in report.items() if k != "modes"}), flush=True)
     reference = None
-    for mode in args.modes.split(","):
-        tts.accelerate(**mode_options(mode), max_frames=512)
+    for mode, options in modes.items():
+        tts.set_accel(options)
         entry: dict = {"frame_ms": {}, "frames_per_s": {}, "first_step_s": {},
                        "pipelined": tts.new_runner(1).pipelined}
         for b in batches:
