@@ -373,6 +373,7 @@ class _Synthetic:
         self.params = StreamParams(SamplingParams(), SamplingParams(), seed=n)
         self.frames = frames
 
-    def job(self, sink, policy=None, started=None) -> Job:
+    def job(self, sink: Callable[[Any], None], policy: ChunkPolicy | None = None,
+            started: float | None = None) -> Job:
         return Job(self.params, sink, prompt=self.prompt, trailing=self.trailing, max_new_tokens=self.frames,
                    policy=policy, started=started)
