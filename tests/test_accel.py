@@ -354,3 +354,25 @@ def test_server_warms_up_a_static_step(tiny_checkpoints, tmp_path):
             assert (state.engine.stats()["warmup_seconds"] > 0) == warmup
         finally:
             state.close()
+
+
+def test_decoders_hand_their_layers_one_additive_mask(tiny_tts):
+    """A decoder converts the boolean mask once, and every layer gets that same additive tensor (attention
+    converted it again in each layer: three operations per layer, each a kernel under CUDA graphs)."""
+    from qtts.model.cache import KVCache
+
+    talker = tiny_tts["custom_voice"].model.talker
+    decoder, cfg = talker.model, talker.cfg
+    caches = KVCache(cfg.num_hidden_layers, 1, cfg.num_key_value_heads, 8, cfg.head_dim, "cpu", torch.float32).layers
+    seen = []
+    hooks = [layer.register_forward_pre_hook(lambda _m, args: seen.append(args[4])) for layer in decoder.layers]
+    try:
+        positions = torch.arange(3)[None]
+        with torch.no_grad():
+            decoder(torch.zeros(1, 3, talker.cfg.hidden_size), positions, caches, causal_mask(positions, 8))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(seen) == len(decoder.layers) and all(mask is seen[0] for mask in seen)
+    assert seen[0].dtype == torch.float32 and set(seen[0].unique().tolist()) == {0.0, float("-inf")}
+
