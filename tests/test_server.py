@@ -253,7 +253,7 @@ def test_api_key_and_admission_control(tiny_tts, tmp_path, server):
         with connect(url.replace("http", "ws") + "/v1/audio/stream?api_key=s3cret") as ws:  # browsers: no headers
             ws.send(json.dumps({"type": "flush"}))
             assert json.loads(ws.recv(timeout=30))["param"] == "type"
-            ws.send(json.dumps({"type": "config", "max_new_tokens": 4000}))
+            ws.send(json.dumps({"type": "config", "max_new_tokens": 4000, "seed": 5}))  # seeded: no early EOS
             ws.send(json.dumps({"type": "text", "text": "Then the client goes quiet"}))
             while True:  # audio may come first; the idle utterance is then cancelled
                 message = ws.recv(timeout=30)
@@ -266,7 +266,7 @@ def test_api_key_and_admission_control(tiny_tts, tmp_path, server):
                                                                 response_format="pcm") as ok:
             assert len(ok.read()) > 0
         auth = {"Authorization": "Bearer s3cret"}
-        long = {**body, "max_new_tokens": 4000}
+        long = {**body, "max_new_tokens": 4000, "seed": 5}  # seed 5 holds all 4000 frames (no EOS)
         with httpx.Client(timeout=60, headers=auth) as http, http.stream("POST", url + "/v1/audio/speech",
                                                                           json=long) as busy:
             held = busy.iter_raw()  # keep the generator: dropping it would close the response
@@ -310,7 +310,8 @@ def test_a_full_queue_refuses_and_a_client_leaving_it_frees_its_place(tiny_tts, 
 
     state = ServerState.create(ServerSettings(max_batch=1, max_waiting=1, wait_timeout=60, data_dir=tmp_path),
                                tts=tiny_tts["custom_voice"])
-    long = {"input": "Holding the slot.", "voice": "ryan", "response_format": "pcm", "max_new_tokens": 4000}
+    long = {"input": "Holding the slot.", "voice": "ryan", "response_format": "pcm", "max_new_tokens": 4000,
+            "seed": 3}  # seed 3 holds all 4000 frames: an unseeded stream could end by EOS mid-test
     waiter_error: list[BaseException] = []
 
     def wait_then_leave(url: str) -> None:  # waits for the slot, then gives up and disconnects
