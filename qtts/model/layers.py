@@ -22,10 +22,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # torch's rms_norm is the official formula (x * rsqrt(mean(x^2) + eps), identical ops on CPU) and one
-        # fused kernel on CUDA instead of five: a graphed frame step runs ~400 norms.
-        h = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return self.weight * h.to(x.dtype)
+        # torch's rms_norm is the official formula: it normalises in float32 and casts the result back to x's dtype
+        # (x.float() * rsqrt(mean(x^2) + eps), then .to(x.dtype): the same operations on CPU, bit for bit, tested),
+        # and on CUDA one fused kernel, casts included, instead of seven: a graphed frame step runs ~430 norms.
+        return self.weight * F.rms_norm(x, (x.shape[-1],), eps=self.eps)
 
 
 class Rotary(nn.Module):
