@@ -358,6 +358,48 @@ def test_rms_norm_is_the_official_formula_in_one_torch_call(dtype):
     assert calls == [dtype] and ops == ["ones_like", "mul"]  # no casts around the norm
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fused", [False, True])
+def test_attention_normalises_and_rotates_q_and_k_together_exactly(dtype, fused):
+    """``Attention`` runs q and k heads through one norm and one rotation: bit for bit the output and cache
+    contents of normalising each with its own ``RMSNorm`` and rotating each (the formula spelled out)."""
+    from qtts.model.fuse import fuse_projections_
+    from qtts.model.layers import Attention, Rotary, apply_rotary
+
+    torch.manual_seed(0)
+    attn = Attention(64, 4, 2, 16, 1e-6)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randn_like(p) * (0.3 if p.dim() > 1 else 1.0))
+    attn = attn.to(dtype)
+    if fused:
+        fuse_projections_(attn)
+    B, S, slots = 2, 3, 8
+    x = torch.randn(B, S, 64).to(dtype)
+    positions = torch.tensor([[0, 1, 2], [4, 5, 6]])
+    rope = Rotary(16, 1e6).cos_sin(positions, dtype)
+    mask = causal_mask(positions, slots)
+
+    def caches():
+        return LayerCache(torch.zeros(B, 2, slots, 16, dtype=dtype), torch.zeros(B, 2, slots, 16, dtype=dtype))
+
+    with torch.no_grad():
+        got_cache = caches()
+        got = attn(x, rope, got_cache, positions, mask)
+        if fused:
+            q, k, v = attn.qkv_proj(x).split([64, 32, 32], dim=-1)
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q = apply_rotary(attn.q_norm(q.view(B, S, 4, 16)).transpose(1, 2), *rope)
+        k = apply_rotary(attn.k_norm(k.view(B, S, 2, 16)).transpose(1, 2), *rope)
+        want_cache = caches()
+        keys, values = want_cache.write(positions, k, v.view(B, S, 2, 16).transpose(1, 2), slots)
+        out = sdpa_attention(q, keys, values, mask)
+        want = attn.o_proj(out.transpose(1, 2).reshape(B, S, 64))
+    assert torch.equal(got_cache.k, want_cache.k) and torch.equal(got_cache.v, want_cache.v)
+    assert torch.equal(got, want)
+
+
 def test_engine_warm_up_builds_every_bucket_before_the_first_request(tiny_checkpoints):
     """``Engine.warm_up`` runs every batch bucket (1, 2, 3 -> buckets 1, 2, 3) through the static step before
     serving: afterwards requests of any batch size compile nothing new. An eager step has nothing to warm."""

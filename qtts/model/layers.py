@@ -141,16 +141,19 @@ class Attention(nn.Module):
         first K cache slots: bool (True = may attend) or additive (``additive_mask``). Returns
         ``[B, S, hidden]``."""
         B, S, _ = x.shape
+        H, H_kv, D = self.heads, self.kv_heads, self.head_dim
         if self.qkv_proj is not None:
-            kv = self.kv_heads * self.head_dim
-            q, k, v = self.qkv_proj(x).split([self.heads * self.head_dim, kv, kv], dim=-1)
+            qkv = self.qkv_proj(x)
+            qk, v = qkv[..., :(H + H_kv) * D], qkv[..., (H + H_kv) * D:]
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = self.q_norm(q.view(B, S, self.heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(k.view(B, S, self.kv_heads, self.head_dim)).transpose(1, 2)
-        v = v.view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            qk, v = torch.cat([self.q_proj(x), self.k_proj(x)], dim=-1), self.v_proj(x)
+        # q and k heads side by side through one norm and one rotation (each head on its own, so the same values
+        # as q_norm / k_norm and a rotation of each): 7-8 operations instead of 12 per layer, as a graphed frame
+        # step runs them (~100 layer steps per frame).
+        weight = torch.cat([self.q_norm.weight.expand(H, D), self.k_norm.weight.expand(H_kv, D)])
+        qk = weight * F.rms_norm(qk.view(B, S, H + H_kv, D), (D,), eps=self.q_norm.eps)
+        q, k = apply_rotary(qk.transpose(1, 2), *rope).split([H, H_kv], dim=1)
+        v = v.view(B, S, H_kv, D).transpose(1, 2)
         keys, values = cache.write(positions, k, v, mask.shape[-1])
         out = self.attend(q, keys, values, mask)
         return self.o_proj(out.transpose(1, 2).reshape(B, S, self.heads * self.head_dim))
