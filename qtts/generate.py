@@ -17,6 +17,7 @@ import torch
 from .embed import frame_embedding
 from .errors import InputError
 from .model.cache import KVCache, causal_mask
+from .model.layers import additive_mask
 from .model.talker import Talker
 from .sampling import SamplingTensors, group_noise, process_code0_logits, sample
 
@@ -51,6 +52,33 @@ class StreamParams:
     seed: int
 
 
+class PredictorSteps:
+    """What the code predictor's steps need besides their inputs, made once per state: it runs at the same
+    positions every frame (0-1 for group 1, then ``g`` for group ``g``), so its cache positions ``[B, S]``,
+    RoPE ``(cos, sin)`` ``[1, 1, S, D]`` and additive causal mask rows ``[1, 1, S, G]`` are the same each frame.
+    Built per frame they were ~15 operations per step (kernels of a graphed frame); indexed by the group they
+    are none. One tensor per step (not slices of one table), so a compiled region sees the same input layout
+    at every step."""
+
+    def __init__(self, talker: Talker, batch: int, device: torch.device, dtype: torch.dtype) -> None:
+        G = talker.cfg.num_code_groups
+        decoder = talker.code_predictor.model
+        grid = torch.arange(G, device=device)[None]  # [1, G]
+        cos, sin = decoder.rotary.cos_sin(grid, dtype)  # [1, 1, G, D]
+        mask = additive_mask(causal_mask(grid, G), dtype)  # [1, 1, G, G]
+        spans = {g: slice(0, 2) if g == 1 else slice(g, g + 1) for g in range(1, G)}  # group -> positions
+        self.positions = {g: grid[:, s].expand(batch, -1).contiguous() for g, s in spans.items()}
+        self.rope = {g: (cos[:, :, s].contiguous(), sin[:, :, s].contiguous()) for g, s in spans.items()}
+        self.masks = {g: mask[:, :, s].contiguous() for g, s in spans.items()}
+
+    def head(self, n: int) -> PredictorSteps:
+        """A view for slots ``0..n-1``."""
+        view = object.__new__(PredictorSteps)
+        view.positions = {g: t[:n] for g, t in self.positions.items()}
+        view.rope, view.masks = self.rope, self.masks
+        return view
+
+
 class FrameState:
     """Decode state of ``batch`` slots: talker and predictor caches, positions, last hidden and code-0,
     the codes seen (for the repetition penalty), pending text vectors and per-slot sampling tensors."""
@@ -63,6 +91,7 @@ class FrameState:
         self.cache = KVCache(t.num_hidden_layers, batch, t.num_key_value_heads, max_len, t.head_dim, device, dtype)
         self.pred_cache = KVCache(p.num_hidden_layers, batch, p.num_key_value_heads, self.groups, p.head_dim,
                                   device, dtype)
+        self.pred_steps = PredictorSteps(talker, batch, device, dtype)
         z = dict(device=device)
         self.positions = torch.zeros(batch, dtype=torch.long, **z)
         self.steps = torch.zeros(batch, dtype=torch.long, **z)
@@ -120,6 +149,7 @@ class FrameState:
         view.groups, view.pad, view.sampling = self.groups, self.pad, self.sampling
         view.cache = self.cache.head(n)
         view.pred_cache = self.pred_cache.head(n)
+        view.pred_steps = self.pred_steps.head(n)
         for name in _ROW_TENSORS:
             setattr(view, name, getattr(self, name)[rows])
         view.talker_params = _rows(self.talker_params, rows)
@@ -221,18 +251,16 @@ def predict_groups(talker: Talker, state: FrameState, kernels: Kernels = EAGER) 
     """Complete every slot's pending frame: codes ``[B, G]`` (group 0 = the pending code-0)."""
     pred = talker.code_predictor
     caches = state.pred_cache.layers
-    B, G = state.batch, state.groups
+    steps, G = state.pred_steps, state.groups
     x = torch.stack([state.hidden, talker.embed_codec(state.code0)], dim=1)  # [B, 2, H]
-    positions = torch.arange(2, device=x.device).expand(B, 2)
-    h = pred(x, positions, caches, causal_mask(positions, G if kernels.fixed_span else 2))[:, -1]
     codes = [state.code0]
     pick = kernels.sampler(state, 1)
     noise = None if pick is greedy else kernels.noise(state.seeds, state.steps, 1, G - 1, pred.cfg.vocab_size)
     for g in range(1, G):
         if g > 1:
-            positions = torch.full((B, 1), g, device=x.device, dtype=torch.long)
-            h = pred(pred.embed_group(g - 1, codes[-1])[:, None], positions, caches,
-                     causal_mask(positions, G if kernels.fixed_span else g + 1))[:, -1]
+            x = pred.embed_group(g - 1, codes[-1])[:, None]
+        mask = steps.masks[g] if kernels.fixed_span else steps.masks[g][..., :g + 1]
+        h = pred(x, steps.positions[g], caches, mask, steps.rope[g])[:, -1]
         logits = pred.logits(g, h).float()
         codes.append(pick(logits, state.predictor_params, state.seeds, state.steps, g,
                           None if noise is None else noise[:, g - 1]))

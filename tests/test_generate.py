@@ -96,3 +96,46 @@ def test_a_sampled_frame_draws_its_noise_once(tiny_tts):
         with torch.no_grad():
             decode_frame(tts.model.talker, runner.state, runner.state.cache.max_len, kernels)
         assert (calls["noise"], calls["sample"], calls["drawn"]) == expected
+
+
+
+@pytest.mark.parametrize("fixed_span", [False, True])
+def test_the_predictor_steps_reuse_their_positions_rope_and_masks(tiny_tts, fixed_span):
+    """The predictor runs at the same positions every frame: its steps take positions, RoPE and causal masks
+    made once per state (``PredictorSteps``, equal to what each step would make), so a frame computes RoPE once
+    (the talker's) and builds no position or mask tensors per group (under CUDA graphs each is a kernel)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from qtts.model.cache import causal_mask
+    from qtts.model.layers import additive_mask
+
+    tts = tiny_tts["custom_voice"]
+    talker = tts.model.talker
+    runner = tts.new_runner(2, decode=False)
+    for seed in (1, 2):
+        prepared = tts.prepare("Same places every frame.", voice=Speaker("ryan"), seed=seed,
+                               options=SynthesisOptions(max_new_tokens=9))
+        runner.submit(prepared.job(lambda _chunk: None))
+    runner.step()
+    state = runner.state
+    steps, G = state.pred_steps, state.groups
+    assert sorted(steps.positions) == list(range(1, G))
+    for g, positions in steps.positions.items():
+        assert torch.equal(positions, torch.tensor([[0, 1]] * 2 if g == 1 else [[g]] * 2))
+        cos, sin = talker.code_predictor.model.rotary.cos_sin(positions, state.hidden.dtype)
+        assert torch.equal(steps.rope[g][0], cos[:1]) and torch.equal(steps.rope[g][1], sin[:1])
+        assert torch.equal(steps.masks[g], additive_mask(causal_mask(positions, G), state.hidden.dtype)[:1])
+    assert steps.head(1).positions[3].shape == (1, 1)
+
+    ops = []
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(str(func.overloadpacket).split(".")[-1])
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Ops():
+        decode_frame(talker, state, state.cache.max_len, dataclasses.replace(EAGER, fixed_span=fixed_span))
+    assert ops.count("cos") == ops.count("sin") == 1  # the talker's step; none per predictor group
+    # Per frame, not per group: the talker's mask and text index, code-0 rules, the noise hashes' token ids.
+    assert "full" not in ops and ops.count("arange") <= 7

@@ -60,8 +60,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
 
 def sdpa_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``q [B, H, S, D]`` over ``keys``/``values`` ``[B, H_kv, K, D]`` (``H`` a multiple of ``H_kv``) with
-    ``mask [B, 1, S, K]`` (bool, True = may attend, or additive: 0 / -inf) -> ``[B, H, S, D]``: torch's fused
-    kernel (the reference)."""
+    ``mask [B or 1, 1, S, K]`` (bool, True = may attend, or additive: 0 / -inf) -> ``[B, H, S, D]``: torch's
+    fused kernel (the reference)."""
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
 
 
@@ -207,9 +207,11 @@ class Decoder(nn.Module):
         self.rotary = Rotary(head_dim, theta)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, caches: list[LayerCache],
-                mask: torch.Tensor) -> torch.Tensor:
-        """``x [B, S, hidden]`` at ``positions [B, S]`` -> final-normed hidden ``[B, S, hidden]``."""
-        rope = self.rotary.cos_sin(positions, x.dtype)
+                mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``x [B, S, hidden]`` at ``positions [B, S]`` -> final-normed hidden ``[B, S, hidden]``. ``rope``: the
+        ``Rotary.cos_sin`` of ``positions`` if already made (``[B or 1, 1, S, D]`` each)."""
+        if rope is None:
+            rope = self.rotary.cos_sin(positions, x.dtype)
         mask = additive_mask(mask, x.dtype)  # once for all layers (attention would convert it per layer)
         for layer, cache in zip(self.layers, caches, strict=True):
             x = layer(x, rope, cache, positions, mask)

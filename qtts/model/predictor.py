@@ -45,9 +45,9 @@ class CodePredictor(nn.Module):
         return self.model.codec_embedding[group - 1](codes)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, caches: list[LayerCache],
-                mask: torch.Tensor) -> torch.Tensor:
-        """``x [B, S, H_talker]`` -> final-normed hidden ``[B, S, H_predictor]``."""
-        return self.model(self.small_to_mtp_projection(x), positions, caches, mask)
+                mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``x [B, S, H_talker]`` -> final-normed hidden ``[B, S, H_predictor]`` (``rope``: see ``Decoder``)."""
+        return self.model(self.small_to_mtp_projection(x), positions, caches, mask, rope)
 
     def logits(self, group: int, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[..., vocab]`` of code group ``group`` (1..G-1) from ``hidden [..., H_predictor]``."""
