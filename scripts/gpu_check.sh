@@ -13,6 +13,7 @@
 # Steps, most important first, each with a time cap inside one overall deadline (a step cut short keeps what
 # it wrote):
 #   0. smoke: import qtts, one tiny synthesis on CUDA (stops the run early if this fails);
+#   0b. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds);
 #   1. the GPU tests but the compiled one (CUDA graphs == eager, graphed codec chunk decode == eager);
 #   2. bench/frame_speed.py at the 0.6b shape, bfloat16: eager, CUDA graphs, and CUDA graphs with fused projections
 #      or with the codec on its own stream; B = 1 and 8, TTFA, x real time;
@@ -58,6 +59,7 @@ out = tts.synthesize("Hello there.", voice=Speaker(tts.speakers[0]), seed=0, opt
 print("smoke ok", tuple(out.codes.shape), round(time.perf_counter() - t0, 2), "s")
 EOF
 
+step attention 40 python3 scripts/gpu_attention.py
 step gpu_tests 100 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
     tests/test_accel.py tests/test_fuse.py -k "not compiled"
 step frame_speed 130 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --modes eager,graphs,graphs+fused,graphs+codec-stream \

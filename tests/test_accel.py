@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch._inductor.utils import run_and_get_code
 
 from qtts import TTS, ChunkPolicy, InputError, Sampling, Speaker, SynthesisOptions, gemv
@@ -193,6 +194,28 @@ def test_matmul_attention_is_sdpa(batch, queries, slots):
     assert (matmul_attention(q, keys, values, mask) - expected).abs().max() < 1e-12
     got32 = matmul_attention(q.float(), keys.float(), values.float(), mask)
     assert got32.dtype == torch.float32 and (got32.double() - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("queries,strided", [(1, True), (2, True), (5, False)])
+@pytest.mark.parametrize("shared_mask", [False, True])
+def test_grouped_attention_is_gqa_sdpa(queries, strided, shared_mask):
+    """SDPA with the query heads of each KV head stacked along the queries (what CUDA runs: its memory-efficient
+    kernel takes a mask but not grouped heads) is GQA SDPA: per-row masks or one mask for all rows, q laid out
+    as attention makes it (heads of a [B, S, H, D] tensor), boolean or additive masks."""
+    from qtts.model.layers import additive_mask, grouped_attention
+
+    torch.manual_seed(queries)
+    B, H, kv, slots = 3, 16, 4, 24
+    q = torch.randn(B, queries, H + kv, 32, dtype=torch.float64).transpose(1, 2)[:, :H] if strided \
+        else torch.randn(B, H, queries, 32, dtype=torch.float64)
+    keys, values = torch.randn(2, B, kv, slots, 32, dtype=torch.float64)
+    positions = (torch.arange(slots - queries, slots)[None] - torch.arange(B)[:, None]).clamp(min=0)
+    mask = causal_mask(positions[:1] if shared_mask else positions, slots)
+    expected = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+    for m in (mask, additive_mask(mask, torch.float64)):
+        got = grouped_attention(q, keys, values, m)
+        assert got.shape == expected.shape and (got - expected).abs().max() < 1e-12
+    assert torch.equal(sdpa_attention(q, keys, values, mask), expected)  # on CPU: torch's GQA kernel itself
 
 
 @pytest.mark.parametrize("queries", [1, 2, 5])

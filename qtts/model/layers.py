@@ -61,8 +61,26 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
 def sdpa_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``q [B, H, S, D]`` over ``keys``/``values`` ``[B, H_kv, K, D]`` (``H`` a multiple of ``H_kv``) with
     ``mask [B or 1, 1, S, K]`` (bool, True = may attend, or additive: 0 / -inf) -> ``[B, H, S, D]``: torch's
-    fused kernel (the reference)."""
+    fused kernel (the reference). On CUDA through ``grouped_attention``."""
+    if q.is_cuda and q.shape[1] != keys.shape[1]:
+        return grouped_attention(q, keys, values, mask)
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+
+
+def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+                      ) -> torch.Tensor:
+    """``sdpa_attention`` with the query heads that share a KV head stacked along the queries (``[B, H_kv,
+    H / H_kv * S, D]``; for one query a view), so that torch's SDPA sees as many query as KV heads. On CUDA a
+    mask rules out the flash kernel and grouped heads the memory-efficient one, so GQA with a mask falls back
+    to the math path (KV heads repeated over the whole cache span, then about ten kernels); stacked, the
+    memory-efficient kernel takes it. Same math; rounding may differ in the last bits."""
+    B, H, S, D = q.shape
+    kv, K = keys.shape[1], keys.shape[2]
+    n = H // kv
+    stacked = q.reshape(B, kv, n * S, D)  # head h = i * n + j reads KV head i (as GQA does)
+    rows = mask[:, :, None].expand(mask.shape[0], 1, n, S, K).reshape(mask.shape[0], 1, n * S, K)
+    out = F.scaled_dot_product_attention(stacked, keys, values, attn_mask=rows)
+    return out.view(B, kv, n, S, D).reshape(B, H, S, D)
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
