@@ -341,7 +341,7 @@ def test_rotary_with_the_signed_sin_is_the_textbook_rotation(dtype):
     assert torch.equal(apply_rotary(x, cos, signed), x * cos + torch.cat((-x2, x1), dim=-1) * sin)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_rms_norm_is_the_official_formula_in_one_torch_call(dtype):
     """``RMSNorm`` equals the official formula (normalise in float32, cast back, scale) bit for bit, and issues one
     ``rms_norm`` and the scale: torch runs ``rms_norm`` as one fused kernel on CUDA, casts included, where the
@@ -378,10 +378,13 @@ def test_rms_norm_is_the_official_formula_in_one_torch_call(dtype):
             norm(x)
     finally:
         torch.nn.functional.rms_norm = original
-    assert calls == [dtype] and ops == ["ones_like", "mul"]  # no casts around the norm
+    if dtype == torch.float64:  # normalised in float32, as officially
+        assert calls == [torch.float32] and ops == ["_to_copy", "ones_like", "_to_copy", "mul"]
+    else:
+        assert calls == [dtype] and ops == ["ones_like", "mul"]  # no casts around the norm
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("fused", [False, True])
 def test_attention_normalises_and_rotates_q_and_k_together_exactly(dtype, fused):
     """``Attention`` runs q and k heads through one norm and one rotation: bit for bit the output and cache

@@ -12,6 +12,8 @@ from torch import nn
 
 from .cache import LayerCache
 
+_FLOAT32_NORMED = (torch.float32, torch.bfloat16, torch.float16)  # dtypes torch's rms_norm normalises in float32
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm computed in float32, scaled by ``weight`` after casting back."""
@@ -22,10 +24,18 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # torch's rms_norm is the official formula: it normalises in float32 and casts the result back to x's dtype
-        # (x.float() * rsqrt(mean(x^2) + eps), then .to(x.dtype): the same operations on CPU, bit for bit, tested),
-        # and on CUDA one fused kernel, casts included, instead of seven: a graphed frame step runs ~430 norms.
-        return self.weight * F.rms_norm(x, (x.shape[-1],), eps=self.eps)
+        return self.weight * rms_normalise(x, self.eps)
+
+
+def rms_normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x [..., D]`` over its last dimension, unscaled, as the official norm does it: in float32, cast back to
+    ``x.dtype`` (``x.float() * rsqrt(mean(x^2) + eps)``, then ``.to(x.dtype)``).
+
+    torch's ``rms_norm`` does exactly that for float32 and 16-bit inputs (the same operations on CPU, bit for bit,
+    tested), and on CUDA as one fused kernel, casts included, instead of three: a graphed frame step runs ~430
+    norms. float64 (which ``rms_norm`` would keep) is cast to float32 first, as officially."""
+    h = F.rms_norm(x if x.dtype in _FLOAT32_NORMED else x.float(), (x.shape[-1],), eps=eps)
+    return h.to(x.dtype)
 
 
 class Rotary(nn.Module):
@@ -169,7 +179,7 @@ class Attention(nn.Module):
         # as q_norm / k_norm and a rotation of each): 7-8 operations instead of 12 per layer, as a graphed frame
         # step runs them (~100 layer steps per frame).
         weight = torch.cat([self.q_norm.weight.expand(H, D), self.k_norm.weight.expand(H_kv, D)])
-        qk = weight * F.rms_norm(qk.view(B, S, H + H_kv, D), (D,), eps=self.q_norm.eps)
+        qk = weight * rms_normalise(qk.view(B, S, H + H_kv, D), self.q_norm.eps)
         q, k = apply_rotary(qk.transpose(1, 2), *rope).split([H, H_kv], dim=1)
         v = v.view(B, S, H_kv, D).transpose(1, 2)
         keys, values = cache.write(positions, k, v, mask.shape[-1])
