@@ -218,6 +218,23 @@ def test_grouped_attention_is_gqa_sdpa(queries, strided, shared_mask):
     assert torch.equal(sdpa_attention(q, keys, values, mask), expected)  # on CPU: torch's GQA kernel itself
 
 
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("queries", [1, 2, 40])
+def test_grouped_attention_on_cuda_is_gqa_sdpa(queries):
+    """On CUDA ``sdpa_attention`` runs ``grouped_attention`` (the memory-efficient kernel with stacked query heads)
+    and gives torch's GQA call's result (the math path there) within float32 rounding."""
+    from qtts.model.layers import additive_mask
+
+    torch.manual_seed(queries)
+    q = torch.randn(2, 16, queries, 128, device="cuda")
+    keys, values = torch.randn(2, 2, 8, 256, 128, device="cuda")
+    positions = torch.arange(200, 200 + queries, device="cuda")[None] - torch.tensor([[0], [7]], device="cuda")
+    mask = additive_mask(causal_mask(positions, 256), torch.float32)
+    expected = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+    assert (sdpa_attention(q, keys, values, mask) - expected).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("queries", [1, 2, 5])
 def test_additive_mask_gives_the_boolean_masks_attention(queries):
     """Decoders turn the boolean mask into an additive one once for all their layers; both attention kernels
