@@ -19,7 +19,7 @@ from .errors import InputError
 from .model.cache import KVCache, causal_mask
 from .model.layers import additive_mask
 from .model.talker import Talker
-from .sampling import SamplingTensors, group_noise, process_code0_logits, sample
+from .sampling import SamplingTensors, group_exponential, process_code0_logits, sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +202,7 @@ class Kernels:
 
     sample: Callable[..., torch.Tensor] = sample
     code0_logits: Callable[..., torch.Tensor] = process_code0_logits
-    noise: Callable[..., torch.Tensor] = group_noise  # the predictor groups' sampling noise, drawn once per frame
+    noise: Callable[..., torch.Tensor] = group_exponential  # the predictor groups' race variates, once per frame
     fixed_span: bool = False  # predictor attention reads all G cache slots (masked): one shape per step
     greedy_shortcut: bool = True
 
@@ -255,15 +255,17 @@ def predict_groups(talker: Talker, state: FrameState, kernels: Kernels = EAGER) 
     x = torch.stack([state.hidden, talker.embed_codec(state.code0)], dim=1)  # [B, 2, H]
     codes = [state.code0]
     pick = kernels.sampler(state, 1)
-    noise = None if pick is greedy else kernels.noise(state.seeds, state.steps, 1, G - 1, pred.cfg.vocab_size)
+    params, race = state.predictor_params, None
+    if pick is not greedy:  # what the 15 picks share: derived parameters and their race variates
+        params = params.prepared(pred.cfg.vocab_size)
+        race = kernels.noise(state.seeds, state.steps, 1, G - 1, pred.cfg.vocab_size)
     for g in range(1, G):
         if g > 1:
             x = pred.embed_group(g - 1, codes[-1])[:, None]
         mask = steps.masks[g] if kernels.fixed_span else steps.masks[g][..., :g + 1]
         h = pred(x, steps.positions[g], caches, mask, steps.rope[g])[:, -1]
         logits = pred.logits(g, h).float()
-        codes.append(pick(logits, state.predictor_params, state.seeds, state.steps, g,
-                          None if noise is None else noise[:, g - 1]))
+        codes.append(pick(logits, params, state.seeds, state.steps, g, None if race is None else race[:, g - 1]))
     return torch.stack(codes, dim=1)
 
 

@@ -47,6 +47,13 @@ def group_noise(seeds: torch.Tensor, steps: torch.Tensor, first: int, count: int
     return (((h >> 8).float() + 0.5) / float(1 << 24)).clamp(max=_BELOW_ONE)
 
 
+def group_exponential(seeds: torch.Tensor, steps: torch.Tensor, first: int, count: int, vocab: int) -> torch.Tensor:
+    """``-log`` of ``group_noise``: the exponential variates ``sample`` races the probabilities against, for
+    code groups ``first .. first + count - 1`` at once, ``[B, count, vocab]`` (a frame makes its predictor
+    groups' in one call; ``[:, i]`` is bit for bit what ``sample`` makes from group ``first + i`` 's noise)."""
+    return -torch.log(group_noise(seeds, steps, first, count, vocab))
+
+
 def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, group: int, vocab: int) -> torch.Tensor:
     """Uniform noise in (0, 1), ``[B, vocab]`` float32, a pure function of (seed, step, group, token)
     (``group_noise`` of one group)."""
@@ -61,23 +68,42 @@ class SamplingTensors:
     temperature: torch.Tensor  # float, > 0
     top_k: torch.Tensor  # long, 0 = off
     top_p: torch.Tensor  # float in (0, 1]
+    # Derived from top_k / top_p by ``prepared`` ([B, 1] each); None: ``sample`` derives them at every call.
+    kth: torch.Tensor | None = None  # long: index of each row's k-th largest logit
+    open_nucleus: torch.Tensor | None = None  # bool: top_p >= 1 (no nucleus cut)
+
+    def prepared(self, vocab: int) -> SamplingTensors:
+        """These parameters with ``kth`` and ``open_nucleus`` derived for picks among ``vocab`` tokens: the 15
+        predictor picks of a frame share them (their operations run once per frame, not once per pick)."""
+        return dataclasses.replace(self, kth=kth_index(self.top_k, vocab), open_nucleus=(self.top_p >= 1.0)[:, None])
 
 
-def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Set logits outside each row's top-k / nucleus (top-p) to -inf. ``logits [B, V]``.
+def kth_index(top_k: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Each row's top-k cut as an index into its descending-sorted logits, ``[B, 1]`` (``top_k`` 0 or larger
+    than ``vocab``: no cut)."""
+    k = torch.where((top_k <= 0) | (top_k > vocab), vocab, top_k).clamp(min=1)
+    return (k - 1)[:, None]
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                       kth: torch.Tensor | None = None, open_nucleus: torch.Tensor | None = None) -> torch.Tensor:
+    """Set logits outside each row's top-k / nucleus (top-p) to -inf. ``logits [B, V]``; ``kth``,
+    ``open_nucleus``: see ``SamplingTensors.prepared`` (derived here when None).
 
     Ties at the k-th value are kept; the most likely token is always kept.
     """
-    V = logits.shape[-1]
+    if kth is None:
+        kth = kth_index(top_k, logits.shape[-1])
+    if open_nucleus is None:
+        open_nucleus = (top_p >= 1.0)[:, None]
     sorted_logits, _ = logits.sort(dim=-1, descending=True)
-    k = torch.where((top_k <= 0) | (top_k > V), V, top_k).clamp(min=1)
-    kth = sorted_logits.gather(1, (k - 1)[:, None])
+    kth = sorted_logits.gather(1, kth)
     logits = logits.masked_fill(logits < kth, float("-inf"))
     # Nucleus: keep tokens whose exclusive cumulative probability (in descending order) is < top_p.
     sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
     probs = sorted_logits.softmax(dim=-1)
     exclusive = probs.cumsum(dim=-1) - probs
-    keep_sorted = (exclusive < top_p[:, None]) | (top_p[:, None] >= 1.0)
+    keep_sorted = (exclusive < top_p[:, None]) | open_nucleus
     keep_sorted[:, 0] = True
     # The smallest kept logit in sorted order is the threshold for the row.
     threshold = sorted_logits.masked_fill(~keep_sorted, float("inf")).amin(dim=-1, keepdim=True)
@@ -85,17 +111,18 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.T
 
 
 def sample(logits: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, steps: torch.Tensor,
-           group: int, noise: torch.Tensor | None = None) -> torch.Tensor:
+           group: int, exponential: torch.Tensor | None = None) -> torch.Tensor:
     """Pick one token per row from processed ``logits [B, V]`` (float32): argmax where ``do_sample`` is
     False, otherwise temperature -> top-k -> top-p -> categorical draw (exponential race). Returns ``[B]``.
-    ``noise [B, V]``: this group's ``uniform_noise``, if already drawn (``group_noise``)."""
+    ``exponential [B, V]``: this group's race variates, if already made (``group_exponential``); else they
+    are made here from ``uniform_noise``, bit for bit the same."""
     greedy = logits.argmax(dim=-1)
     scaled = logits / params.temperature[:, None]
-    filtered = filter_top_k_top_p(scaled, params.top_k, params.top_p)
+    filtered = filter_top_k_top_p(scaled, params.top_k, params.top_p, params.kth, params.open_nucleus)
     probs = filtered.softmax(dim=-1)
-    if noise is None:
-        noise = uniform_noise(seeds, steps, group, logits.shape[-1])
-    race = probs / -torch.log(noise)
+    if exponential is None:
+        exponential = -torch.log(uniform_noise(seeds, steps, group, logits.shape[-1]))
+    race = probs / exponential
     # A filtered-out token has probability 0 and must never win the race, whatever the noise.
     drawn = race.masked_fill(probs <= 0, -1.0).argmax(dim=-1)
     return torch.where(params.do_sample, drawn, greedy)

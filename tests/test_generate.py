@@ -69,20 +69,23 @@ def test_greedy_steps_skip_the_sampling_filter_with_the_same_codes(tiny_tts):
 
 
 def test_a_sampled_frame_draws_its_noise_once(tiny_tts):
-    """The predictor's 15 sampled groups take their noise from one ``group_noise`` call per frame (under CUDA
-    graphs without compilation every operation is a kernel); greedy frames draw none."""
-    from qtts.sampling import group_noise, sample
+    """The predictor's 15 sampled groups take their race variates from one ``group_exponential`` call per frame,
+    and parameters derived once (``SamplingTensors.prepared``; under CUDA graphs without compilation every
+    operation is a kernel); greedy frames draw none."""
+    from qtts.sampling import group_exponential, sample
 
     tts = tiny_tts["custom_voice"]
     calls = {"noise": 0, "sample": 0, "drawn": 0}
 
     def noise(*args):
         calls["noise"] += 1
-        return group_noise(*args)
+        return group_exponential(*args)
 
     def pick(*args):
         calls["sample"] += 1
-        calls["drawn"] += len(args) > 5 and args[5] is not None
+        predictor = len(args) > 5 and args[5] is not None
+        calls["drawn"] += predictor
+        assert (args[1].kth is not None) == predictor  # the predictor's picks get prepared parameters
         return sample(*args)
 
     kernels = dataclasses.replace(EAGER, noise=noise, sample=pick)

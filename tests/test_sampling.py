@@ -107,3 +107,28 @@ def test_group_noise_is_each_groups_noise():
     for g in range(1, 16):
         assert torch.equal(together[:, g - 1], uniform_noise(seeds, steps, g, 2048))
     assert not torch.equal(together[:, 0], together[:, 1])
+
+
+def test_prepared_parameters_and_race_variates_pick_the_same_tokens():
+    """``SamplingTensors.prepared`` (the top-k index and nucleus flag derived once per frame) with the variates of
+    ``group_exponential`` picks bit for bit what ``sample`` picks deriving both at each call."""
+    from qtts.sampling import group_exponential, group_noise
+
+    torch.manual_seed(0)
+    V = 300
+    logits = torch.randn(6, V) * 3
+    logits[1, :40] = logits[1, 0]  # ties at the k-th value
+    params = SamplingTensors(torch.tensor([True, True, True, True, False, True]),
+                             torch.tensor([0.9, 1.0, 0.7, 1.3, 0.9, 0.5]),
+                             torch.tensor([50, 0, 400, 1, 50, 20]), torch.tensor([1.0, 0.8, 0.5, 1.0, 1.0, 0.95]))
+    seeds, steps = torch.arange(6) * 977, torch.arange(6) + 3
+    prepared = params.prepared(V)
+    assert prepared.kth.shape == prepared.open_nucleus.shape == (6, 1)
+    assert prepared.kth[:, 0].tolist() == [49, V - 1, V - 1, 0, 49, 19]
+    race = group_exponential(seeds, steps, 1, 4, V)
+    assert torch.equal(race, -torch.log(group_noise(seeds, steps, 1, 4, V)))
+    for g in range(1, 5):
+        expected = sample(logits, params, seeds, steps, g)
+        assert torch.equal(sample(logits, prepared, seeds, steps, g, race[:, g - 1]), expected)
+        assert torch.equal(filter_top_k_top_p(logits, params.top_k, params.top_p, prepared.kth, prepared.open_nucleus),
+                           filter_top_k_top_p(logits, params.top_k, params.top_p))
