@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .embed import frame_embedding
-from .generate import EAGER, FrameState, advance, decode_frame, next_text, prefill
+from .generate import EAGER, FrameState, advance, decode_frame, greedy, next_text, prefill
 from .model.cache import causal_mask
 from .request import Sampling
 from .runner import ChunkPolicy
@@ -143,23 +143,24 @@ def _frame(talker: Talker, state: FrameState, span: int, timer: Timer) -> torch.
     """One frame step, piece by piece, in the order of ``generate.decode_frame`` (eager kernels)."""
     pred, cfg = talker.code_predictor, talker.cfg
     caches = state.pred_cache.layers
-    B, G = state.batch, state.groups
+    steps, G = state.pred_steps, state.groups
     with timer("other"):
         x = torch.stack([state.hidden, talker.embed_codec(state.code0)], dim=1)
-        positions = torch.arange(2, device=x.device).expand(B, 2)
     codes = [state.code0]
     pick = EAGER.sampler(state, 1)
+    params, race = state.predictor_params, None
+    if pick is not greedy:
+        with timer("sampling"):
+            params = params.prepared(pred.cfg.vocab_size)
+            race = EAGER.noise(state.seeds, state.steps, 1, G - 1, pred.cfg.vocab_size)
     for g in range(1, G):
         with timer("predictor"):
-            if g == 1:
-                h = pred(x, positions, caches, causal_mask(positions, 2))[:, -1]
-            else:
-                positions = torch.full((B, 1), g, device=x.device, dtype=torch.long)
-                h = pred(pred.embed_group(g - 1, codes[-1])[:, None], positions, caches,
-                         causal_mask(positions, g + 1))[:, -1]
+            if g > 1:
+                x = pred.embed_group(g - 1, codes[-1])[:, None]
+            h = pred(x, steps.positions[g], caches, steps.masks[g][..., :g + 1], steps.rope[g])[:, -1]
             logits = pred.logits(g, h).float()
         with timer("sampling"):
-            codes.append(pick(logits, state.predictor_params, state.seeds, state.steps, g))
+            codes.append(pick(logits, params, state.seeds, state.steps, g, None if race is None else race[:, g - 1]))
     with timer("other"):
         frame = torch.stack(codes, dim=1)
         x = (frame_embedding(talker, frame) + next_text(state))[:, None]
