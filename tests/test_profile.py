@@ -50,6 +50,9 @@ def test_profiled_frames_are_the_engine_frames(tiny_tts):
         expected = tts.synthesize(text, voice=Speaker("ryan"), seed=row, options=opts).codes
         assert torch.equal(prof.codes[row], expected)
     assert prof.batch == 2 and prof.wall["codec"] > 0
+    sampled = profile_synthesis(tts, text, frames=5, voice=Speaker("ryan"), sampling=Sampling(), seed=3, plain=False)
+    opts = SynthesisOptions(sampling=Sampling(), max_new_tokens=6)
+    assert torch.equal(sampled.codes[0], tts.synthesize(text, voice=Speaker("ryan"), seed=3, options=opts).codes)
 
 
 def _load_suite():
