@@ -97,10 +97,10 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.T
     if open_nucleus is None:
         open_nucleus = (top_p >= 1.0)[:, None]
     sorted_logits, _ = logits.sort(dim=-1, descending=True)
-    kth = sorted_logits.gather(1, kth)
-    logits = logits.masked_fill(logits < kth, float("-inf"))
+    kth_value = sorted_logits.gather(1, kth)
+    logits = logits.masked_fill(logits < kth_value, float("-inf"))
     # Nucleus: keep tokens whose exclusive cumulative probability (in descending order) is < top_p.
-    sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
+    sorted_logits = sorted_logits.masked_fill(sorted_logits < kth_value, float("-inf"))
     probs = sorted_logits.softmax(dim=-1)
     exclusive = probs.cumsum(dim=-1) - probs
     keep_sorted = (exclusive < top_p[:, None]) | open_nucleus
