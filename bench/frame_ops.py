@@ -1,11 +1,12 @@
 """Operations per frame step: how many tensor operations one frame launches, by component.
 
 Under CUDA graphs without compilation every operation is a kernel node of the graph, replayed at a few µs
-each, so a frame's operation count sets its time on a GPU (session 6: 8100 operations ≈ 19.7 ms per
-0.6b frame on an H100); this counts them on any machine. Counted with a ``TorchDispatchMode`` around one
-``decode_frame`` on the static path (whole-cache attention, the sampling filter always run, as under CUDA
-graphs), one sampled stream, without view-only operations. On CPU ``rms_norm`` decomposes into five operations
-where CUDA (torch >= 2.8) runs one fused kernel; it is counted as one, as on CUDA, unless ``--cpu-norms``.
+each, so a frame's operation count sets its time on a GPU (session 6: 9022 operations, bfloat16 and counted
+as here, ran a graphed 0.6b frame in 19.7 ms on an H100); this counts them on any machine. Counted with a
+``TorchDispatchMode`` around one ``decode_frame`` on the static path (whole-cache attention, the sampling filter
+always run, as under CUDA graphs), one sampled stream, without view-only operations. On CPU ``rms_norm``
+decomposes into five operations where CUDA (torch >= 2.8) runs one fused kernel; it is counted as one, as on
+CUDA, unless ``--cpu-norms``.
 ``--dtype bfloat16`` counts the casts a bfloat16 model adds (what a GPU runs); ``--fused`` counts with
 ``qtts.model.fuse`` applied (``--accel fused``).
 

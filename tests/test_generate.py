@@ -101,7 +101,6 @@ def test_a_sampled_frame_draws_its_noise_once(tiny_tts):
         assert (calls["noise"], calls["sample"], calls["drawn"]) == expected
 
 
-
 @pytest.mark.parametrize("fixed_span", [False, True])
 def test_the_predictor_steps_reuse_their_positions_rope_and_masks(tiny_tts, fixed_span):
     """The predictor runs at the same positions every frame: its steps take positions, RoPE and causal masks
