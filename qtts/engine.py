@@ -239,11 +239,8 @@ class Engine:
         before = self.stats()["warmup_seconds"]
         finished, frames_total, observers = len(self.finished), self.frames_total, self.observers
         self.observers = []  # synthetic streams are not traffic: kept out of metrics and stats
-        sizes, b = [], 1
-        while b < self.config.max_batch:
-            sizes.append(b)
-            b *= 2
-        sizes.append(self.config.max_batch)
+        step, most = self.runner.step_fn, self.config.max_batch
+        sizes = sorted({step.rows(n, most) for n in range(1, most + 1)})  # the step's own batch buckets
         count = 0
         try:
             # A last single stream with yet another prompt length: the prefill regions see a second length and
