@@ -31,6 +31,8 @@ from qtts.accel import AccelOptions, parse_accel
 from qtts.checkpoint import random_tts
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it keeps on running far away."
+
+
 def mode_options(mode: str, device: torch.device) -> AccelOptions:
     """The acceleration of a mode: ``eager`` or ``--accel`` parts joined by ``+`` (``graphs`` short for
     ``cuda-graphs``), e.g. ``compile+graphs+fused``; 512 cache slots per stream."""
