@@ -33,18 +33,39 @@ def _run(block: Block, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return block(x, Rotary(16, 1e4).cos_sin(positions, dtype), cache, positions, causal_mask(positions, 8))
 
 
+def _cats(block: Block) -> int:
+    """Concatenations one block call runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func.overloadpacket is torch.ops.aten.cat
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        _run(block)
+    return Count.n
+
+
 def test_fused_block_computes_the_same_and_unfuses_exactly():
     block = _block()
     before = {k: v.clone() for k, v in block.state_dict().items()}
     expected = _run(block)
+    cats = _cats(block)
     assert fuse_projections_(block) == 2 and is_fused(block)
     keys = set(block.state_dict())
     assert {"self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight"} <= keys
     assert not keys & {"self_attn.q_proj.weight", "mlp.up_proj.weight"}  # the separate layers are gone
     assert sum(p.numel() for p in block.parameters()) == sum(v.numel() for v in before.values())
     assert (_run(block) - expected).abs().max() < 1e-12
+    attn = block.self_attn
+    assert torch.equal(attn.qk_norm_weight, attn.norm_weights()) and "self_attn.qk_norm_weight" not in keys
+    assert _cats(block) == cats - 2  # neither q and k nor their norm weights are concatenated per call
     assert fuse_projections_(block) == 0  # already fused: nothing to do
     assert unfuse_projections_(block) == 2 and not is_fused(block)
+    assert attn.qk_norm_weight is None and _cats(block) == cats
     after = block.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert torch.equal(_run(block), expected)

@@ -8,8 +8,10 @@ under ``compile`` (inductor already reads the separate weights in shared loops; 
 
 The fused weight is the row concatenation of the separate ones (int8 layers: their codes and per-row scales,
 so the quantization is the same either way). The layout is changed in place after loading (checkpoints keep
-their names); the separate layers are dropped, so memory does not grow. It is applied from outside as an
-acceleration option (``AccelOptions.fused``, ``--accel fused``), reversibly.
+their names); the separate layers are dropped, so memory does not grow. A fused ``Attention`` also keeps its
+q and k heads' norm weights side by side (``qk_norm_weight``, a few KiB), which it otherwise concatenates at
+every call. Derived state: weights changed while fused are not seen; unfuse, change, fuse. It is applied
+from outside as an acceleration option (``AccelOptions.fused``, ``--accel fused``), reversibly.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def fuse_projections_(module: nn.Module) -> int:
                     setattr(m, fused_name, _concat(layers))
                     for n in names:
                         delattr(m, n)
+                    if isinstance(m, Attention):
+                        m.qk_norm_weight = m.norm_weights()
                     made += 1
     return made
 
@@ -84,6 +88,8 @@ def unfuse_projections_(module: nn.Module) -> int:
                 for n, layer in zip(names, _split(fused, _sizes(m)), strict=True):
                     setattr(m, n, layer)
                 setattr(m, fused_name, None)
+                if isinstance(m, Attention):
+                    m.qk_norm_weight = None
                 split += 1
     return split
 
