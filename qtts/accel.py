@@ -32,7 +32,7 @@ from .generate import EAGER, FrameState, Kernels, decode_frame
 from .model.layers import matmul_attention
 from .model.talker import Talker
 from .quant import Int8Linear
-from .sampling import group_exponential, process_code0_logits, sample
+from .sampling import frame_exponentials, process_code0_logits, sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +130,7 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
             layer.uses_int8pack()  # decide the kernel now, outside any trace
     return Kernels(sample=torch.compile(sample, backend=backend),
                    code0_logits=torch.compile(process_code0_logits, backend=backend),
-                   noise=torch.compile(group_exponential, backend=backend), fixed_span=True)
+                   noise=torch.compile(frame_exponentials, backend=backend), fixed_span=True)
 
 
 def uncompile_regions(talker: Talker) -> None:
@@ -231,12 +231,13 @@ class StaticFrameStep(FrameStep):
         """Compile ``sample`` for this bucket now, with the warm-up, even if the first streams are greedy (and
         took ``greedy``): else the first sampled stream would wait for the compilation mid-request."""
         cfg = self.talker.cfg
-        logits = torch.zeros(view.batch, cfg.vocab_size, device=view.seeds.device)
-        self.kernels.sample(logits, view.talker_params, view.seeds, view.steps, 0)
-        vocab = cfg.code_predictor_config.vocab_size
-        race = self.kernels.noise(view.seeds, view.steps, 1, view.groups - 1, vocab)  # as predict_groups does
-        logits = torch.zeros(view.batch, vocab, device=view.seeds.device)
-        self.kernels.sample(logits, view.predictor_params.prepared(vocab), view.seeds, view.steps, 1, race[:, 0])
+        vocabs = (cfg.vocab_size, cfg.code_predictor_config.vocab_size)
+        # The calls decode_frame makes: the frame's race variates, a code-0 pick, a predictor pick.
+        race0, race = self.kernels.noise(view.seed_keys, view.steps, view.groups, view.tokens, vocabs)
+        logits = torch.zeros(view.batch, vocabs[0], device=view.seeds.device)
+        self.kernels.sample(logits, view.talker_params, view.seeds, view.steps, 0, race0)
+        logits = torch.zeros(view.batch, vocabs[1], device=view.seeds.device)
+        self.kernels.sample(logits, view.predictor_params.prepared(vocabs[1]), view.seeds, view.steps, 1, race[:, 0])
 
     def _capture(self, state: FrameState, rows: int, span: int, key: tuple
                  ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]:

@@ -14,6 +14,12 @@ def frame_embedding(talker: Talker, codes: torch.Tensor) -> torch.Tensor:
     predictor's group embeddings, summed in one reduction."""
     parts = [talker.embed_codec(codes[..., 0])]
     parts += [talker.code_predictor.embed_group(g, codes[..., g]) for g in range(1, codes.shape[-1])]
+    return sum_groups(parts)
+
+
+def sum_groups(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The codec-track vector from the G group embeddings of a frame (``[..., H]`` each, group 0 first), summed
+    as ``frame_embedding`` sums them (for a caller that already holds them)."""
     return torch.stack(parts, dim=-2).sum(dim=-2)
 
 

@@ -9,17 +9,26 @@ which it knows from its own bookkeeping.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
 import torch
 
-from .embed import frame_embedding
+from .embed import sum_groups
 from .errors import InputError
 from .model.cache import KVCache, causal_mask
 from .model.layers import additive_mask
 from .model.talker import Talker
-from .sampling import SamplingTensors, group_exponential, process_code0_logits, sample
+from .sampling import (
+    SamplingTensors,
+    frame_exponentials,
+    group_exponential,
+    process_code0_logits,
+    sample,
+    seed_key,
+    token_hash,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +101,7 @@ class FrameState:
         self.pred_cache = KVCache(p.num_hidden_layers, batch, p.num_key_value_heads, self.groups, p.head_dim,
                                   device, dtype)
         self.pred_steps = PredictorSteps(talker, batch, device, dtype)
+        self.tokens = token_hash(max(t.vocab_size, p.vocab_size), device)  # the noise hash's per-token half
         z = dict(device=device)
         self.positions = torch.zeros(batch, dtype=torch.long, **z)
         self.steps = torch.zeros(batch, dtype=torch.long, **z)
@@ -103,6 +113,7 @@ class FrameState:
         self.text_len = torch.zeros(batch, dtype=torch.long, **z)
         self.pad = torch.zeros(t.hidden_size, dtype=dtype, **z)
         self.seeds = torch.zeros(batch, dtype=torch.long, **z)
+        self.seed_keys = torch.zeros(batch, dtype=torch.long, **z)  # sampling.seed_key of each seed
         self.penalty = torch.ones(batch, **z)
         self.talker_params = _sampling_tensors(batch, device)
         self.predictor_params = _sampling_tensors(batch, device)
@@ -123,6 +134,7 @@ class FrameState:
             tensors.top_p[row] = sp.top_p
         self.penalty[row] = params.talker.repetition_penalty
         self.seeds[row] = params.seed & 0x7FFFFFFFFFFFFFFF
+        self.seed_keys[row] = seed_key(params.seed & 0x7FFFFFFFFFFFFFFF)
         self.sampling[row] = (params.talker.do_sample, params.predictor.do_sample)
 
     def samples(self, kind: int, rows: slice = slice(None)) -> bool:
@@ -146,7 +158,7 @@ class FrameState:
         """A view of slots ``0..n-1`` (tensors are views: updates through it land in this state)."""
         view = object.__new__(FrameState)
         rows = slice(0, n)
-        view.groups, view.pad, view.sampling = self.groups, self.pad, self.sampling
+        view.groups, view.pad, view.sampling, view.tokens = self.groups, self.pad, self.sampling, self.tokens
         view.cache = self.cache.head(n)
         view.pred_cache = self.pred_cache.head(n)
         view.pred_steps = self.pred_steps.head(n)
@@ -170,7 +182,8 @@ class FrameState:
         self.sampling[dst] = self.sampling[src]
 
 
-_ROW_TENSORS = ("positions", "steps", "active", "hidden", "code0", "seen", "text", "text_len", "seeds", "penalty")
+_ROW_TENSORS = ("positions", "steps", "active", "hidden", "code0", "seen", "text", "text_len", "seeds", "seed_keys",
+                "penalty")
 
 
 def _sampling_tensors(batch: int, device: torch.device) -> SamplingTensors:
@@ -202,7 +215,7 @@ class Kernels:
 
     sample: Callable[..., torch.Tensor] = sample
     code0_logits: Callable[..., torch.Tensor] = process_code0_logits
-    noise: Callable[..., torch.Tensor] = group_exponential  # the predictor groups' race variates, once per frame
+    noise: Callable[..., tuple[torch.Tensor, torch.Tensor]] = frame_exponentials  # a frame's race variates
     fixed_span: bool = False  # predictor attention reads all G cache slots (masked): one shape per step
     greedy_shortcut: bool = True
 
@@ -213,16 +226,25 @@ class Kernels:
 
 EAGER = Kernels()
 
+Timed = Callable[[str], contextlib.AbstractContextManager]
+"""A timer over the parts of a frame step: ``with timed("predictor"): ...`` (``qtts.profile.Timer``)."""
+_UNTIMED = contextlib.nullcontext()
 
-def _sample_code0(talker: Talker, state: FrameState, hidden: torch.Tensor, rows: slice,
-                  kernels: Kernels = EAGER) -> torch.Tensor:
-    """Process and sample code-0 for ``rows`` from talker ``hidden [b, H]``; returns ``[b]``."""
+
+def untimed(_part: str) -> contextlib.AbstractContextManager:
+    """The ``Timed`` of an untimed frame step: does nothing."""
+    return _UNTIMED
+
+
+def _pick_code0(talker: Talker, state: FrameState, logits: torch.Tensor, rows: slice, race: torch.Tensor | None,
+                kernels: Kernels = EAGER) -> torch.Tensor:
+    """Apply the code-0 rules to ``rows`` ' code-0 logits ``[b, V]`` (float32) and pick code-0 (``race [b, V]``:
+    the race variates, None when no row samples); returns ``[b]``."""
     cfg = talker.cfg
-    logits = talker.codec_head(hidden).float()
     logits = kernels.code0_logits(logits, state.seen[rows], state.penalty[rows], state.steps[rows],
                                   cfg.codec_eos_token_id, cfg.codebook_size)
     pick = kernels.sampler(state, 0, rows)
-    return pick(logits, _rows(state.talker_params, rows), state.seeds[rows], state.steps[rows], 0)
+    return pick(logits, _rows(state.talker_params, rows), state.seeds[rows], state.steps[rows], 0, race)
 
 
 @torch.no_grad()
@@ -238,7 +260,10 @@ def prefill(talker: Talker, state: FrameState, row: int, prompt: torch.Tensor, t
     hidden = talker(prompt[None], positions, state.cache.rows(rows), causal_mask(positions, P))[:, -1]
     state.seen[rows] = False
     state.steps[rows] = 0
-    code0 = _sample_code0(talker, state, hidden, rows)
+    race = None
+    if state.samples(0, rows):
+        race = group_exponential(state.seeds[rows], state.steps[rows], 0, 1, talker.cfg.vocab_size, state.tokens)
+    code0 = _pick_code0(talker, state, talker.codec_head(hidden).float(), rows, None if race is None else race[:, 0])
     state.hidden[rows] = hidden
     state.code0[rows] = code0
     state.seen[rows] = state.seen[rows].scatter(1, code0[:, None], True)
@@ -247,26 +272,37 @@ def prefill(talker: Talker, state: FrameState, row: int, prompt: torch.Tensor, t
     state.active[rows] = True
 
 
-def predict_groups(talker: Talker, state: FrameState, kernels: Kernels = EAGER) -> torch.Tensor:
-    """Complete every slot's pending frame: codes ``[B, G]`` (group 0 = the pending code-0)."""
+def predict_groups(talker: Talker, state: FrameState, race: torch.Tensor | None, kernels: Kernels = EAGER,
+                   timed: Timed = untimed) -> tuple[torch.Tensor, torch.Tensor]:
+    """Complete every slot's pending frame: its codes ``[B, G]`` (group 0 = the pending code-0) and its
+    codec-track vector ``[B, H]`` for the talker (``frame_embedding`` of the codes, from the group embeddings
+    the predictor steps already made). ``race [B, G - 1, V]``: the groups' race variates (``Kernels.noise``),
+    None when no slot samples."""
     pred = talker.code_predictor
     caches = state.pred_cache.layers
     steps, G = state.pred_steps, state.groups
-    x = torch.stack([state.hidden, talker.embed_codec(state.code0)], dim=1)  # [B, 2, H]
+    with timed("other"):
+        embeds = [talker.embed_codec(state.code0)]
+        x = torch.stack([state.hidden, embeds[0]], dim=1)  # [B, 2, H]
     codes = [state.code0]
     pick = kernels.sampler(state, 1)
-    params, race = state.predictor_params, None
-    if pick is not greedy:  # what the 15 picks share: derived parameters and their race variates
-        params = params.prepared(pred.cfg.vocab_size)
-        race = kernels.noise(state.seeds, state.steps, 1, G - 1, pred.cfg.vocab_size)
+    params = state.predictor_params
+    if pick is not greedy:  # derived once for the 15 picks
+        with timed("sampling"):
+            params = params.prepared(pred.cfg.vocab_size)
     for g in range(1, G):
-        if g > 1:
-            x = pred.embed_group(g - 1, codes[-1])[:, None]
-        mask = steps.masks[g] if kernels.fixed_span else steps.masks[g][..., :g + 1]
-        h = pred(x, steps.positions[g], caches, mask, steps.rope[g])[:, -1]
-        logits = pred.logits(g, h).float()
-        codes.append(pick(logits, params, state.seeds, state.steps, g, None if race is None else race[:, g - 1]))
-    return torch.stack(codes, dim=1)
+        with timed("predictor"):
+            if g > 1:
+                embeds.append(pred.embed_group(g - 1, codes[-1]))
+                x = embeds[-1][:, None]
+            mask = steps.masks[g] if kernels.fixed_span else steps.masks[g][..., :g + 1]
+            h = pred(x, steps.positions[g], caches, mask, steps.rope[g])[:, -1]
+            logits = pred.logits(g, h).float()
+        with timed("sampling"):
+            codes.append(pick(logits, params, state.seeds, state.steps, g, None if race is None else race[:, g - 1]))
+    with timed("other"):
+        embeds.append(pred.embed_group(G - 1, codes[-1]))
+        return torch.stack(codes, dim=1), sum_groups(embeds)
 
 
 def next_text(state: FrameState) -> torch.Tensor:
@@ -278,15 +314,28 @@ def next_text(state: FrameState) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_frame(talker: Talker, state: FrameState, span: int, kernels: Kernels = EAGER) -> torch.Tensor:
+def decode_frame(talker: Talker, state: FrameState, span: int, kernels: Kernels = EAGER, timed: Timed = untimed
+                 ) -> torch.Tensor:
     """Advance all slots one frame. Returns the completed frames' codes ``[B, G]``; afterwards
     ``state.code0`` holds each slot's next code-0 (EOS ends a stream). ``span`` must exceed every active
-    slot's position. Inactive slots are computed but keep their state (a paused slot resumes exactly)."""
-    codes = predict_groups(talker, state, kernels)
-    x = (frame_embedding(talker, codes) + next_text(state))[:, None]
-    positions = state.positions[:, None]
-    hidden = talker(x, positions, state.cache.layers, causal_mask(positions, span))[:, -1]
-    advance(state, hidden, _sample_code0(talker, state, hidden, slice(None), kernels))
+    slot's position. Inactive slots are computed but keep their state (a paused slot resumes exactly).
+    ``timed``: a timer around each part (``qtts profile``); none by default."""
+    race0 = race = None
+    if kernels.sampler(state, 0) is not greedy or kernels.sampler(state, 1) is not greedy:
+        with timed("sampling"):  # the race variates of all 16 picks at once
+            vocabs = (talker.cfg.vocab_size, talker.code_predictor.cfg.vocab_size)
+            race0, race = kernels.noise(state.seed_keys, state.steps, state.groups, state.tokens, vocabs)
+    codes, frame = predict_groups(talker, state, race, kernels, timed)
+    with timed("other"):
+        x = (frame + next_text(state))[:, None]
+        positions = state.positions[:, None]
+    with timed("talker"):
+        hidden = talker(x, positions, state.cache.layers, causal_mask(positions, span))[:, -1]
+        logits = talker.codec_head(hidden).float()
+    with timed("sampling"):
+        code0 = _pick_code0(talker, state, logits, slice(None), race0, kernels)
+    with timed("other"):
+        advance(state, hidden, code0)
     return codes
 
 

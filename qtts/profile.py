@@ -1,8 +1,8 @@
 """Where the time of one synthesis goes: prepare, prefill, talker, predictor, sampling, codec (``qtts profile``).
 
-``profile_synthesis`` runs one request through the same model pieces, in the same order, as
-``generate.prefill`` / ``generate.decode_frame`` and the runner's streaming codec decode, with a timer around
-each piece (and ``torch.cuda.synchronize()`` at each boundary on CUDA, so a piece's time is its own):
+``profile_synthesis`` runs one request through ``generate.prefill``, ``generate.decode_frame`` (with its
+``timed`` hook: a timer around each part of the frame step) and the runner's streaming codec decode (with
+``torch.cuda.synchronize()`` at each boundary on CUDA, so a part's time is its own):
 
 * ``prepare``: prompt building (``TTS.prepare``: text, voice, embeddings of the prompt);
 * ``prefill``: frame-state allocation and ``generate.prefill`` (the prompt pass and the first code-0);
@@ -14,11 +14,11 @@ each piece (and ``torch.cuda.synchronize()`` at each boundary on CUDA, so a piec
 
 The parts are timed independently of the whole (the wall time from ``prepare`` to the last decode), so
 their sum falling short of the whole shows untimed work. ``plain_frame_s`` (optional) is the median time of
-the unmodified ``generate.decode_frame`` on the same state, to show what the instrumentation costs.
+the untimed ``generate.decode_frame`` on the same state, to show what the instrumentation costs.
 
-The pieces run the model's modules directly: row kernels apply, but compiled regions and CUDA graphs, which
-act on the runner's frame step, do not. With a static ``--accel``, ``qtts profile`` also times the runner's
-own step (``time_runner_steps``).
+The frame steps run eagerly on the model's modules: row kernels apply, but compiled regions and CUDA graphs,
+which act on the runner's frame step, do not. With a static ``--accel``, ``qtts profile`` also times the
+runner's own step (``time_runner_steps``).
 """
 
 from __future__ import annotations
@@ -36,12 +36,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .embed import frame_embedding
-from .generate import EAGER, FrameState, advance, decode_frame, greedy, next_text, prefill
-from .model.cache import causal_mask
+from .generate import FrameState, decode_frame, prefill
 from .request import Sampling
 from .runner import ChunkPolicy
-from .sampling import process_code0_logits
 
 if TYPE_CHECKING:
     from .api import TTS, Prepared
@@ -139,44 +136,6 @@ class Profile:
         return "\n".join([head, *rows])
 
 
-def _frame(talker: Talker, state: FrameState, span: int, timer: Timer) -> torch.Tensor:
-    """One frame step, piece by piece, in the order of ``generate.decode_frame`` (eager kernels)."""
-    pred, cfg = talker.code_predictor, talker.cfg
-    caches = state.pred_cache.layers
-    steps, G = state.pred_steps, state.groups
-    with timer("other"):
-        x = torch.stack([state.hidden, talker.embed_codec(state.code0)], dim=1)
-    codes = [state.code0]
-    pick = EAGER.sampler(state, 1)
-    params, race = state.predictor_params, None
-    if pick is not greedy:
-        with timer("sampling"):
-            params = params.prepared(pred.cfg.vocab_size)
-            race = EAGER.noise(state.seeds, state.steps, 1, G - 1, pred.cfg.vocab_size)
-    for g in range(1, G):
-        with timer("predictor"):
-            if g > 1:
-                x = pred.embed_group(g - 1, codes[-1])[:, None]
-            h = pred(x, steps.positions[g], caches, steps.masks[g][..., :g + 1], steps.rope[g])[:, -1]
-            logits = pred.logits(g, h).float()
-        with timer("sampling"):
-            codes.append(pick(logits, params, state.seeds, state.steps, g, None if race is None else race[:, g - 1]))
-    with timer("other"):
-        frame = torch.stack(codes, dim=1)
-        x = (frame_embedding(talker, frame) + next_text(state))[:, None]
-        positions = state.positions[:, None]
-    with timer("talker"):
-        hidden = talker(x, positions, state.cache.layers, causal_mask(positions, span))[:, -1]
-        logits = talker.codec_head(hidden).float()
-    with timer("sampling"):
-        logits = process_code0_logits(logits, state.seen, state.penalty, state.steps, cfg.codec_eos_token_id,
-                                      cfg.codebook_size)
-        code0 = EAGER.sampler(state, 0)(logits, state.talker_params, state.seeds, state.steps, 0)
-    with timer("other"):
-        advance(state, hidden, code0)
-    return frame
-
-
 @torch.no_grad()
 def profile_synthesis(tts: TTS, text: str = TEXT, frames: int = 16, batch: int = 1, voice: Voice | None = None,
                       sampling: Sampling | None = None, seed: int = 0, plain: bool = True,
@@ -204,7 +163,7 @@ def profile_synthesis(tts: TTS, text: str = TEXT, frames: int = 16, batch: int =
     sizes, pending, audio, codec_first, generated = ChunkPolicy().sizes(), [], [], 0.0, []
     target = next(sizes)
     for k in range(frames):
-        pending.append(_frame(talker, state, P + k + 1, timer))
+        pending.append(decode_frame(talker, state, P + k + 1, timed=timer))
         generated.append(pending[-1])
         if len(pending) == target or k == frames - 1:
             codes = torch.stack(pending, dim=2)  # [B, G, t]

@@ -69,27 +69,27 @@ def test_greedy_steps_skip_the_sampling_filter_with_the_same_codes(tiny_tts):
 
 
 def test_a_sampled_frame_draws_its_noise_once(tiny_tts):
-    """The predictor's 15 sampled groups take their race variates from one ``group_exponential`` call per frame,
-    and parameters derived once (``SamplingTensors.prepared``; under CUDA graphs without compilation every
-    operation is a kernel); greedy frames draw none."""
-    from qtts.sampling import group_exponential, sample
+    """A sampled frame's 16 picks take their race variates from one ``frame_exponentials`` call (with the state's
+    seed keys and token table), and the predictor's 15 picks parameters derived once (``SamplingTensors.prepared``;
+    under CUDA graphs without compilation every operation is a kernel). Greedy frames draw none."""
+    from qtts.sampling import frame_exponentials, sample
 
     tts = tiny_tts["custom_voice"]
     calls = {"noise": 0, "sample": 0, "drawn": 0}
 
     def noise(*args):
         calls["noise"] += 1
-        return group_exponential(*args)
+        assert args[0] is runner.state.seed_keys and args[3] is runner.state.tokens
+        return frame_exponentials(*args)
 
     def pick(*args):
         calls["sample"] += 1
-        predictor = len(args) > 5 and args[5] is not None
-        calls["drawn"] += predictor
-        assert (args[1].kth is not None) == predictor  # the predictor's picks get prepared parameters
+        calls["drawn"] += args[5] is not None
+        assert (args[1].kth is not None) == (args[4] >= 1)  # the predictor's picks get prepared parameters
         return sample(*args)
 
     kernels = dataclasses.replace(EAGER, noise=noise, sample=pick)
-    for sampling, expected in ((Sampling(), (1, 16, 15)), (Sampling.greedy(), (0, 0, 0))):
+    for sampling, expected in ((Sampling(), (1, 16, 16)), (Sampling.greedy(), (0, 0, 0))):
         runner = tts.new_runner(1, decode=False)
         prepared = tts.prepare("One frame.", voice=Speaker("ryan"), seed=1,
                                options=SynthesisOptions(max_new_tokens=9, sampling=sampling))
@@ -99,6 +99,31 @@ def test_a_sampled_frame_draws_its_noise_once(tiny_tts):
         with torch.no_grad():
             decode_frame(tts.model.talker, runner.state, runner.state.cache.max_len, kernels)
         assert (calls["noise"], calls["sample"], calls["drawn"]) == expected
+
+
+def test_the_frame_vector_is_the_frame_embedding_of_its_codes(tiny_tts):
+    """``predict_groups`` sums the group embeddings its steps already made into the talker's next input: bit for
+    bit ``frame_embedding`` of the codes it returns (sampled and greedy frames, a batch of three streams)."""
+    from qtts.embed import frame_embedding
+    from qtts.generate import predict_groups
+    from qtts.sampling import frame_exponentials
+
+    tts = tiny_tts["custom_voice"]
+    talker = tts.model.talker
+    runner = tts.new_runner(3, decode=False)
+    for seed, sampling in enumerate((Sampling(), Sampling.greedy(), Sampling(top_k=2))):
+        prepared = tts.prepare("One frame.", voice=Speaker("ryan"), seed=seed,
+                               options=SynthesisOptions(max_new_tokens=9, sampling=sampling))
+        runner.submit(prepared.job(lambda _chunk: None))
+    runner.step()
+    state = runner.state
+    vocabs = (talker.cfg.vocab_size, talker.code_predictor.cfg.vocab_size)
+    with torch.no_grad():
+        for _ in range(3):
+            race = frame_exponentials(state.seed_keys, state.steps, state.groups, state.tokens, vocabs)[1]
+            codes, frame = predict_groups(talker, state, race)
+            assert torch.equal(frame, frame_embedding(talker, codes))
+            decode_frame(talker, state, state.cache.max_len)
 
 
 @pytest.mark.parametrize("fixed_span", [False, True])

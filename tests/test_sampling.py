@@ -123,12 +123,96 @@ def test_prepared_parameters_and_race_variates_pick_the_same_tokens():
                              torch.tensor([50, 0, 400, 1, 50, 20]), torch.tensor([1.0, 0.8, 0.5, 1.0, 1.0, 0.95]))
     seeds, steps = torch.arange(6) * 977, torch.arange(6) + 3
     prepared = params.prepared(V)
-    assert prepared.kth.shape == prepared.open_nucleus.shape == (6, 1)
+    assert prepared.kth.shape == (6, 1) and prepared.always_kept.shape == (6, V)
     assert prepared.kth[:, 0].tolist() == [49, V - 1, V - 1, 0, 49, 19]
     race = group_exponential(seeds, steps, 1, 4, V)
     assert torch.equal(race, -torch.log(group_noise(seeds, steps, 1, 4, V)))
     for g in range(1, 5):
         expected = sample(logits, params, seeds, steps, g)
         assert torch.equal(sample(logits, prepared, seeds, steps, g, race[:, g - 1]), expected)
-        assert torch.equal(filter_top_k_top_p(logits, params.top_k, params.top_p, prepared.kth, prepared.open_nucleus),
+        assert torch.equal(filter_top_k_top_p(logits, params.top_k, params.top_p, prepared.kth, prepared.always_kept),
                            filter_top_k_top_p(logits, params.top_k, params.top_p))
+
+
+def _textbook_filter(row: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """One row, the two cuts one after the other as written down: top-k (ties kept), then the nucleus over
+    what top-k kept (the most likely token always kept)."""
+    V = row.shape[0]
+    k = top_k if 0 < top_k <= V else V
+    x = row.masked_fill(row < row.sort(descending=True).values[k - 1], float("-inf"))
+    if top_p < 1.0:
+        ordered = x.sort(descending=True).values
+        probs = ordered.softmax(-1)
+        keep = probs.cumsum(-1) - probs < top_p
+        keep[0] = True
+        x = x.masked_fill(x < ordered[keep].min(), float("-inf"))
+    return x
+
+
+def test_filter_and_race_equal_the_textbook_cuts_and_draw():
+    """The filter applies both cuts with one threshold and the race has no guard for filtered tokens (they
+    cannot win): bit for bit the textbook version (two cuts, guarded race), over ties, -inf logits, every kind
+    of top-k / top-p, prepared or not."""
+    from qtts.sampling import group_exponential
+
+    torch.manual_seed(1)
+    V, B = 257, 48
+    logits = torch.randn(B, V) * torch.linspace(0.1, 12, B)[:, None]
+    logits[::5, :30] = logits[::5, :1]  # ties with the maximum
+    logits[1::5, 10:40] = logits[1::5, 9:10]  # ties elsewhere
+    logits[2::5, V // 2:] = float("-inf")  # suppressed tokens
+    top_k = torch.tensor([0, 1, 2, 7, 50, V, V + 3, 30] * 6)
+    top_p = torch.tensor([1.0, 0.95, 0.5, 1e-6, 0.999999, 0.0] * 8)  # 0: only the first sorted position
+    params = SamplingTensors(torch.ones(B, dtype=torch.bool), torch.rand(B) + 0.3, top_k, top_p)
+    seeds, steps = torch.arange(B) * 7919, torch.arange(B)
+    scaled = logits / params.temperature[:, None]
+    expected = torch.stack([_textbook_filter(scaled[i], int(top_k[i]), float(top_p[i])) for i in range(B)])
+    assert torch.equal(filter_top_k_top_p(scaled, top_k, top_p), expected)
+    prepared = params.prepared(V)
+    assert torch.equal(filter_top_k_top_p(scaled, top_k, top_p, prepared.kth, prepared.always_kept), expected)
+    race = group_exponential(seeds, steps, 1, 3, V)
+    for g in range(1, 4):
+        probs = expected.softmax(-1)
+        textbook = (probs / race[:, g - 1]).masked_fill(probs <= 0, -1.0).argmax(-1)
+        assert torch.equal(sample(logits, params, seeds, steps, g), textbook)
+        assert torch.equal(sample(logits, prepared, seeds, steps, g, race[:, g - 1]), textbook)
+
+
+def test_a_filtered_token_loses_the_race_even_against_extreme_variates():
+    """The race has no guard: a filtered token (probability 0) must lose even when its variate is the smallest
+    possible and the kept tokens' the largest."""
+    V = 2048
+    logits = torch.zeros(1, V)
+    logits[0, 0] = 1e-3  # barely the most likely
+    params = SamplingTensors(torch.tensor([True]), torch.ones(1), torch.tensor([1]), torch.ones(1))
+    race = torch.full((1, V), float(-torch.log(torch.tensor(1.0 - 2.0**-24))))  # smallest variate
+    race[0, 0] = float(-torch.log(torch.tensor(2.0**-25)))  # largest, on the only kept token
+    assert int(sample(logits, params, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), 1,
+                      race[:, :])) == 0
+    # Many tokens kept: each has probability ~1 / V, still positive against the largest variate.
+    params = SamplingTensors(torch.tensor([True]), torch.ones(1), torch.zeros(1, dtype=torch.long), torch.ones(1))
+    logits[0, V // 2:] = float("-inf")
+    race = torch.full((1, V), float(-torch.log(torch.tensor(2.0**-25))))
+    race[0, V // 2:] = 6e-8
+    token = int(sample(logits, params, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), 1, race))
+    assert token < V // 2
+
+
+def test_frame_exponentials_are_each_groups_variates():
+    """A frame's race variates come from one hash of (seed, step, group) split over the talker's and the
+    predictor's vocabularies: bit for bit ``group_exponential`` of each group. The seed key made on the host
+    from a Python int equals the one made on device tensors."""
+    from qtts.sampling import frame_exponentials, group_exponential, seed_key, token_hash
+
+    seeds = torch.tensor([0, 1, 2**40 + 7, 2**63 - 1])
+    steps = torch.tensor([0, 5, 2**31, 7])
+    keys = seed_key(seeds)
+    assert keys.tolist() == [seed_key(int(s)) for s in seeds]
+    code0, groups = frame_exponentials(keys, steps, 16, token_hash(3072), (3072, 2048))
+    assert code0.shape == (4, 3072) and groups.shape == (4, 15, 2048)
+    assert torch.equal(code0, group_exponential(seeds, steps, 0, 1, 3072)[:, 0])
+    assert torch.equal(groups, group_exponential(seeds, steps, 1, 15, 2048))
+    # The predictor may have the larger vocabulary: each part takes its prefix of the table.
+    code0, groups = frame_exponentials(keys, steps, 3, token_hash(500), (300, 500))
+    assert torch.equal(code0, group_exponential(seeds, steps, 0, 1, 300)[:, 0])
+    assert torch.equal(groups, group_exponential(seeds, steps, 1, 2, 500))
