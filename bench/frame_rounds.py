@@ -1,7 +1,7 @@
 """The single-stream frame step of several configurations, measured in alternating rounds (CPU noise check).
 
     python bench/frame_rounds.py [--checkpoint DIR] [--configs float32:compile+row-kernels,...] [--rounds 3]
-                                 [--frames 12] [--threads 2] [--official]
+                                 [--frames 12] [--threads 2] [--batch 1] [--official]
 
 On a shared machine one pass per configuration (what ``bench/suite.py`` does) can land in a slow phase: the
 same configuration measured minutes apart moved by up to 40 % on the development machine. Here every round
@@ -17,6 +17,8 @@ slow phase of the memory system moves the frame and its floor together.
 
 A configuration is ``dtype:accel`` with ``dtype`` one of float32, bfloat16, int8 (float32 weights quantized)
 and ``accel`` an ``--accel`` value with ``+`` for sets (``eager``, ``row-kernels``, ``compile+row-kernels``).
+``--batch B`` measures the frame step of B live streams instead of one (their frames per second are B × 1000 /
+frame ms; the floor stays one read of the weights per step).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 DEFAULT_CONFIGS = "float32:compile+row-kernels,bfloat16:compile+row-kernels,int8:compile+row-kernels"
 
 
-def child(checkpoint: str, config: str, frames: int, threads: int) -> dict:
-    """One measurement in this process: ``config``'s B = 1 steady frame step, or the official package's."""
+def child(checkpoint: str, config: str, frames: int, threads: int, batch: int = 1) -> dict:
+    """One measurement in this process: ``config``'s steady frame step with ``batch`` streams, or the official
+    package's (one stream)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -54,10 +57,10 @@ def child(checkpoint: str, config: str, frames: int, threads: int) -> dict:
     dtype, quantize = DTYPES[dtype_name]
     tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
     tts.set_accel(parse_accel(accel.replace("+", ","), "cpu"))
-    runner_rate(tts, 1, 2)  # warm-up: compilation, first frames
+    runner_rate(tts, batch, 2)  # warm-up: compilation, first frames
     cpu = torch.device("cpu")
     before = read_bandwidth(cpu)
-    frame_ms = runner_rate(tts, 1, frames)["frame_ms"]
+    frame_ms = runner_rate(tts, batch, frames)["frame_ms"]
     read = max(before, read_bandwidth(cpu))
     floor_ms = 1000 * frame_weight_bytes(tts)["total"] / read
     return {"frame_ms": frame_ms, "floor_ms": floor_ms, "read_gb_s": read / 1e9}
@@ -70,11 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=1, help="live streams per frame step (ours)")
     p.add_argument("--official", action="store_true")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(args.checkpoint, args.child, args.frames, args.threads)))
+        print("RESULT " + json.dumps(child(args.checkpoint, args.child, args.frames, args.threads, args.batch)))
         return
     from streaming import cpu_model, git_commit
 
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(args.rounds):
         for config in configs:
             cmd = [sys.executable, __file__, "--child", config, "--checkpoint", args.checkpoint,
-                   "--frames", str(args.frames), "--threads", str(args.threads)]
+                   "--frames", str(args.frames), "--threads", str(args.threads), "--batch", str(args.batch)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ)
             line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
             result = json.loads(line[7:])
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
                 floors[config].append((result["floor_ms"], result["read_gb_s"]))
             print(f"round {r + 1}: {config} {times[config][-1]:.1f} ms", file=sys.stderr)
     print(f"# {cpu_model()}, {os.cpu_count()} CPUs, {args.threads} torch threads, {args.rounds} rounds of "
-          f"{args.frames} frames, qtts {git_commit()}, checkpoint {Path(args.checkpoint).name}")
+          f"{args.frames} frames, {args.batch} stream(s) per step (ours), qtts {git_commit()}, checkpoint "
+          f"{Path(args.checkpoint).name}")
     print("| configuration | median ms | best | worst | rounds |")
     print("|---|---|---|---|---|")
     for config, ts in times.items():

@@ -43,7 +43,9 @@ class AccelOptions:
     compiled reduction that reads the weights once (a single stream's frame on CPU; independent of
     ``compile``); ``fused``: each block's q/k/v and gate/up projections as one product each (4 products per
     block instead of 7; ``qtts.model.fuse``; fewer kernels for a GPU, slower on CPU under ``compile``);
-    ``codec_stream`` (CUDA): chunk decodes on their own CUDA stream, overlapping the next frame step."""
+    ``codec_stream`` (CUDA): chunk decodes on their own CUDA stream, overlapping the next frame step;
+    ``packed`` (CPU): linear weights reordered once for oneDNN (``qtts.packed``: bfloat16 bit for bit, float32
+    last bits differ; faster products of any row count, a second copy of the weights in memory)."""
 
     compile: bool = False
     cuda_graphs: bool = False
@@ -53,6 +55,7 @@ class AccelOptions:
     row_kernels: bool = False
     fused: bool = False
     codec_stream: bool = False
+    packed: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_frames, int) or self.max_frames < 64:
@@ -63,16 +66,17 @@ class AccelOptions:
         return self.compile or self.cuda_graphs
 
 
-ACCEL_PARTS = ("compile", "cuda-graphs", "row-kernels", "fused", "codec-stream")
+ACCEL_PARTS = ("compile", "cuda-graphs", "row-kernels", "fused", "codec-stream", "packed")
 ACCEL_HELP = ("acceleration: auto (CUDA graphs on CUDA, eager on CPU), eager, or a comma-separated set of "
               "compile, cuda-graphs (CUDA only), row-kernels (CPU, one stream; see qtts.gemv), fused (one product for "
-              "q/k/v and one for gate/up per block), codec-stream (CUDA: chunk decodes overlap the next frame)")
+              "q/k/v and one for gate/up per block), codec-stream (CUDA: chunk decodes overlap the next frame), "
+              "packed (CPU: weights reordered once for oneDNN; see qtts.packed)")
 
 
 def parse_accel(value: str | None, device: torch.device | str) -> AccelOptions:
     """Options for an ``--accel`` value: ``auto`` (or None), ``eager``, or a comma-separated set of
-    ``compile``, ``cuda-graphs``, ``row-kernels``, ``fused``, ``codec-stream``. ``auto`` means CUDA graphs on a
-    CUDA device, else eager."""
+    ``compile``, ``cuda-graphs``, ``row-kernels``, ``fused``, ``codec-stream``, ``packed``. ``auto`` means CUDA
+    graphs on a CUDA device, else eager."""
     device = torch.device(device)
     text = "auto" if value is None else str(value).strip().lower()
     if text == "auto":
@@ -88,7 +92,7 @@ def parse_accel(value: str | None, device: torch.device | str) -> AccelOptions:
         raise InputError(f"accel cuda-graphs needs a CUDA device; the model is on {device.type}")
     return AccelOptions(compile="compile" in parts, cuda_graphs="cuda-graphs" in parts,
                         row_kernels="row-kernels" in parts, fused="fused" in parts,
-                        codec_stream="codec-stream" in parts)
+                        codec_stream="codec-stream" in parts, packed="packed" in parts)
 
 
 STATIC = Kernels(fixed_span=True)

@@ -28,6 +28,7 @@ from .generate import StreamParams
 from .loop import StreamInput, generate_codes
 from .model.fuse import fuse_projections_, unfuse_projections_
 from .model.tts import TTSModel
+from .packed import pack_linear_weights_
 from .prompt import PromptBuilder, PromptPlan, VoiceSpec, check_mode
 from .quant import QuantSummary, parse_quantize, quantize_int8_
 from .request import Sampling, frame_budget
@@ -114,7 +115,8 @@ class TTS:
 
     def accelerate(self, *, compile: bool = False, cuda_graphs: bool = False, max_frames: int = 2048,
                    compile_backend: str = "inductor", pipelined: bool | None = None,
-                   row_kernels: bool = False, fused: bool = False, codec_stream: bool = False) -> None:
+                   row_kernels: bool = False, fused: bool = False, codec_stream: bool = False,
+                   packed: bool = False) -> None:
         """Run the frame step through ``torch.compile`` and/or CUDA graphs (CUDA only), applied from outside
         the model; ``compile=False, cuda_graphs=False`` returns to eager. Engines and runners made afterwards use
         it; warm-up and capture happen once per runner (``Engine`` s and the pooled runners of
@@ -124,9 +126,11 @@ class TTS:
         of a few activation rows (a single stream, a small batch) as a compiled reduction that streams the
         weights faster than torch's CPU ``linear`` (``qtts.gemv``; codes can part from eager at near-ties);
         ``fused``: one product for each block's q/k/v projections and one for gate/up (``qtts.model.fuse``);
-        ``codec_stream`` (CUDA): chunk decodes on their own CUDA stream, overlapping the next frame step."""
+        ``codec_stream`` (CUDA): chunk decodes on their own CUDA stream, overlapping the next frame step;
+        ``packed`` (CPU): linear weights reordered once for oneDNN (``qtts.packed``; bfloat16 bit for bit, float32
+        with last-bit differences; faster products, a second copy of the weights in memory)."""
         self.set_accel(AccelOptions(bool(compile), bool(cuda_graphs), max_frames, compile_backend, pipelined,
-                                    bool(row_kernels), bool(fused), bool(codec_stream)))
+                                    bool(row_kernels), bool(fused), bool(codec_stream), bool(packed)))
 
     def set_accel(self, options: AccelOptions) -> None:
         """``accelerate`` with an ``AccelOptions`` value (e.g. from ``qtts.accel.parse_accel``)."""
@@ -135,12 +139,14 @@ class TTS:
         with self._runners_lock:
             self.accel = options
             self._runners = {}
-        # Model-wide switches, at once (also for direct module use, e.g. profile): the projection layout first,
-        # so that row kernels see the layers that will run.
+        # Model-wide switches, at once (also for direct module use, e.g. profile): packed copies dropped first,
+        # then the projection layout, so that packing and row kernels see the layers that will run.
+        pack_linear_weights_(self.model.talker, False)
         if options.fused:
             fuse_projections_(self.model.talker)
         else:
             unfuse_projections_(self.model.talker)
+        pack_linear_weights_(self.model.talker, options.packed)
         use_row_kernels_(self.model.talker, options.row_kernels)
 
     def new_runner(self, max_batch: int = 1, decode: bool = True) -> Runner:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import packed
 from .quant import Int8Linear
 
 # Each activation row is its own reduction over the same weight: inductor fuses the R reductions into one loop
@@ -134,14 +135,16 @@ def _cpu_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return 1 <= rows <= MAX_ROWS.get(weight.dtype, MAX_ROWS_OTHER) and (width is None or x.numel() <= width)
 
 
-def _row_forward(self: nn.Linear | Int8Linear, x: torch.Tensor) -> torch.Tensor:
-    """``forward`` of a routed layer: a few CPU rows (``MAX_ROWS``) through the row kernel (inlined into the graph
-    inside a compiled region, e.g. ``accelerate(compile=True)``), anything else through the layer's own
-    ``forward``."""
+def _routed_forward(self: nn.Linear | Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """``forward`` of a routed layer: with row kernels on, a few CPU rows (``MAX_ROWS``) through the row kernel
+    (inlined into the graph inside a compiled region, e.g. ``accelerate(compile=True)``); anything else through
+    ``qtts.packed.linear`` if the weight is packed, else the layer's own ``forward``."""
     int8 = isinstance(self, Int8Linear)
     weight = self.weight_int8 if int8 else self.weight
     compiling = torch.compiler.is_compiling()
-    if not _cpu_rows(x, weight) or not (compiling or _kernels().check()):
+    if not (self.__dict__.get("row_kernels") and _cpu_rows(x, weight) and (compiling or _kernels().check())):
+        if not int8 and self.__dict__.get("packed"):
+            return packed.linear(x, weight, self.bias)
         return (Int8Linear if int8 else nn.Linear).forward(self, x)
     row = x.reshape(-1, x.shape[-1])
     if not compiling:
@@ -157,6 +160,19 @@ def _row_forward(self: nn.Linear | Int8Linear, x: torch.Tensor) -> torch.Tensor:
     return y.reshape(*x.shape[:-1], self.out_features)
 
 
+def sync_forward_(layer: nn.Module) -> None:
+    """Install ``_routed_forward`` on ``layer`` if its products are routed (row kernels on, or a packed weight:
+    ``qtts.packed``), else remove it (an instance attribute: the module, its parameters and state-dict names are
+    untouched)."""
+    if not isinstance(layer, (nn.Linear, Int8Linear)):
+        return
+    layer.__dict__["packed"] = packed.is_packed(layer)
+    if layer.__dict__.get("row_kernels") or layer.__dict__["packed"]:
+        layer.forward = types.MethodType(_routed_forward, layer)
+    else:
+        layer.__dict__.pop("forward", None)
+
+
 def use_row_kernels_(module: nn.Module, enabled: bool = True) -> int:
     """Route few-row CPU products of every ``nn.Linear`` / ``Int8Linear`` in ``module`` through the compiled
     row kernels (``enabled``) or back to their own ``forward``. Returns the number of layers switched."""
@@ -164,10 +180,8 @@ def use_row_kernels_(module: nn.Module, enabled: bool = True) -> int:
     for layer in module.modules():
         if not isinstance(layer, (nn.Linear, Int8Linear)):
             continue
-        if enabled:
-            layer.forward = types.MethodType(_row_forward, layer)
-        else:
-            layer.__dict__.pop("forward", None)
+        layer.__dict__["row_kernels"] = enabled
+        sync_forward_(layer)
         count += 1
     return count
 
@@ -176,5 +190,5 @@ def uses_row_kernels(module: nn.Module) -> bool:
     """Whether ``use_row_kernels_(module, True)`` is in effect (judged on its first linear layer)."""
     for layer in module.modules():
         if isinstance(layer, (nn.Linear, Int8Linear)):
-            return "forward" in layer.__dict__
+            return bool(layer.__dict__.get("row_kernels"))
     return False
