@@ -185,11 +185,21 @@ class Engine:
         self._woken = False
         self.finished: list[StreamStats] = []  # recent finished streams (bounded), for metrics
         self.observers: list[Callable[[StreamStats], None]] = []
-        self.frames_total = 0
+        self._frames_base = -self.runner.frames  # frames_total = this + the runner's frame steps
         self._thread = threading.Thread(target=self._run, name="qtts-engine", daemon=True)
         self._thread.start()
 
     # ---- public -----------------------------------------------------------------------------------
+
+    @property
+    def frames_total(self) -> int:
+        """Frame steps run for requests. Read from the runner, which counts a step when it launches it: a client
+        that has a stream's last audio sees every step of that stream counted."""
+        return self._frames_base + self.runner.frames
+
+    @frames_total.setter
+    def frames_total(self, value: int) -> None:
+        self._frames_base = value - self.runner.frames
 
     def submit(self, request: Prepared | PreparedSession, chunks: ChunkPolicy | None = None,
                started: float | None = None) -> StreamHandle:
@@ -332,14 +342,12 @@ class Engine:
                     except BaseException as e:  # delivered to the caller
                         future.set_exception(e)
             self._expire(now)
-            frames = runner.frames
             try:
                 self._busy = runner.step()
             except Exception as e:
                 log.exception("frame step failed; failing the streams in the batch")
                 runner.fail_all(e)
                 self._busy = False
-            self.frames_total += runner.frames - frames
             for job in runner.live:
                 self._waiting_since.pop(id(job), None)
 

@@ -53,6 +53,30 @@ def test_batched_streams_equal_single_streams(tiny_tts):
         assert all(h.stats is not None and h.stats.frames == len(e[1]) for h, e in zip(handles, expected, strict=True))
 
 
+def test_frames_total_counts_every_step_before_a_stream_s_last_audio(tiny_tts, monkeypatch):
+    """A client that has a stream's last chunk sees all its frame steps in ``frames_total`` (the server test of an
+    unknown model read the counter between the last audio of the test before it and the count of its last
+    step). The count is read on the engine thread as the last chunk is handed over."""
+    from qtts.engine import StreamHandle
+
+    tts = tiny_tts["custom_voice"]
+    at_last: list[int] = []
+    put = StreamHandle._put
+
+    def recording(self, item):
+        if getattr(item, "finish_reason", None) is not None:
+            at_last.append(self._engine.frames_total)
+        put(self, item)
+
+    monkeypatch.setattr(StreamHandle, "_put", recording)
+    with Engine(tts, EngineConfig(max_batch=1)) as engine:
+        before = engine.frames_total
+        handle = engine.submit(tts.prepare(TEXTS[0], voice=Speaker("ryan"), seed=0,
+                                           options=SynthesisOptions(max_new_tokens=6)))
+        frames = len(_joined(handle)[1])
+        assert at_last == [engine.frames_total] and engine.frames_total - before >= frames
+
+
 def test_cancel_frees_the_slot_and_others_continue(tiny_tts):
     tts = tiny_tts["custom_voice"]
     opts = SynthesisOptions(max_new_tokens=200)
