@@ -17,8 +17,10 @@ slow phase of the memory system moves the frame and its floor together.
 
 A configuration is ``dtype:accel`` with ``dtype`` one of float32, bfloat16, int8 (float32 weights quantized)
 and ``accel`` an ``--accel`` value with ``+`` for sets (``eager``, ``row-kernels``, ``compile+row-kernels``).
-``--batch B`` measures the frame step of B live streams instead of one (their frames per second are B × 1000 /
-frame ms; the floor stays one read of the weights per step).
+``--batch B`` measures the frame step of B live streams instead of one, and a configuration suffix ``@B`` (e.g.
+``bfloat16:compile+row-kernels+packed@8``) sets it for that configuration alone, so one round can compare a
+batch with a single stream; the report adds frames per second (B × 1000 / frame ms; the floor stays one read
+of the weights per step).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def child(checkpoint: str, config: str, frames: int, threads: int, batch: int = 
     from qtts import TTS
     from qtts.accel import parse_accel
 
+    config, _, rows = config.partition("@")
+    batch = int(rows) if rows else batch
     dtype_name, accel = config.split(":")
     if accel == "official":
         out = measure_official(Path(checkpoint), DTYPES[dtype_name][0], torch.device("cpu"), frames,
@@ -63,7 +67,22 @@ def child(checkpoint: str, config: str, frames: int, threads: int, batch: int = 
     frame_ms = runner_rate(tts, batch, frames)["frame_ms"]
     read = max(before, read_bandwidth(cpu))
     floor_ms = 1000 * frame_weight_bytes(tts)["total"] / read
-    return {"frame_ms": frame_ms, "floor_ms": floor_ms, "read_gb_s": read / 1e9}
+    return {"frame_ms": frame_ms, "floor_ms": floor_ms, "read_gb_s": read / 1e9, "batch": batch}
+
+
+def _batch_ratios(times: dict[str, list[float]], batches: dict[str, int], rounds: int) -> None:
+    """Per dtype with batched and single-stream configurations: the batch's throughput over one stream's, each
+    the best of its configurations, within each round (both in the same phase of the machine)."""
+    for dtype in sorted({c.split(":")[0] for c in times}):
+        mine = {c: ts for c, ts in times.items() if c.split(":")[0] == dtype and not c.endswith(":official")}
+        big = {c: ts for c, ts in mine.items() if batches.get(c, 1) > 1}
+        one = {c: ts for c, ts in mine.items() if batches.get(c, 1) == 1}
+        if not big or not one:
+            continue
+        ratios = [max(1000 * batches[c] / ts[r] for c, ts in big.items()) / max(1000 / ts[r] for ts in one.values())
+                  for r in range(rounds)]
+        print(f"{dtype}: batched ÷ one stream, frames per second, best configuration of each within each round: "
+              f"median {statistics.median(ratios):.2f} [{min(ratios):.2f}–{max(ratios):.2f}]")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.official:
         configs += sorted({f"{c.split(':')[0]}:official" for c in configs if c.split(":")[0] != "int8"})
     times: dict[str, list[float]] = {c: [] for c in configs}
+    batches: dict[str, int] = {}
     floors: dict[str, list[tuple[float, float]]] = {c: [] for c in configs}  # (floor ms, read GB/s)
     for r in range(args.rounds):
         for config in configs:
@@ -95,25 +115,28 @@ def main(argv: list[str] | None = None) -> None:
             line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
             result = json.loads(line[7:])
             times[config].append(result["frame_ms"])
+            batches[config] = result.get("batch", 1)
             if "floor_ms" in result:
                 floors[config].append((result["floor_ms"], result["read_gb_s"]))
             print(f"round {r + 1}: {config} {times[config][-1]:.1f} ms", file=sys.stderr)
     print(f"# {cpu_model()}, {os.cpu_count()} CPUs, {args.threads} torch threads, {args.rounds} rounds of "
-          f"{args.frames} frames, {args.batch} stream(s) per step (ours), qtts {git_commit()}, checkpoint "
-          f"{Path(args.checkpoint).name}")
-    print("| configuration | median ms | best | worst | rounds |")
-    print("|---|---|---|---|---|")
+          f"{args.frames} frames, {args.batch} stream(s) per step unless a configuration says @B, qtts "
+          f"{git_commit()}, checkpoint {Path(args.checkpoint).name}")
+    print("| configuration | streams | median ms | best | worst | rounds | frames/s (median) |")
+    print("|---|---|---|---|---|---|---|")
     for config, ts in times.items():
-        print(f"| {config} | {statistics.median(ts):.1f} | {min(ts):.1f} | {max(ts):.1f} | "
-              f"{', '.join(f'{t:.0f}' for t in ts)} |")
+        b = batches.get(config, 1)
+        print(f"| {config} | {b} | {statistics.median(ts):.1f} | {min(ts):.1f} | {max(ts):.1f} | "
+              f"{', '.join(f'{t:.0f}' for t in ts)} | {1000 * b / statistics.median(ts):.2f} |")
     for config, fl in floors.items():
         if fl:
             ratios = [t / f for t, (f, _) in zip(times[config], fl, strict=True)]
             print(f"{config} ÷ floor (read bandwidth in the same process, {', '.join(f'{b:.1f}' for _, b in fl)} "
                   f"GB/s; floor {statistics.median(f for f, _ in fl):.1f} ms median): median "
                   f"{statistics.median(ratios):.2f} [{min(ratios):.2f}–{max(ratios):.2f}]")
+    _batch_ratios(times, batches, args.rounds)
     for config, ts in times.items():
-        dtype, accel = config.split(":")
+        dtype, accel = config.partition("@")[0].split(":")
         ref = times.get(f"{'float32' if dtype == 'int8' else dtype}:official")
         if ref and accel != "official":
             ratios = [t / o for t, o in zip(ts, ref, strict=True)]
