@@ -86,17 +86,19 @@ def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     entry = _entry(weight) if x.device.type == "cpu" and x.dtype == weight.dtype and x.numel() else None
     if entry is None:
         return F.linear(x, weight, bias)
-    rows = x.reshape(-1, x.shape[-1])
+    rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     y = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), entry.packed, bias, "none", [], "")
-    return y.reshape(*x.shape[:-1], weight.shape[0])
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])
 
 
-@torch.library.custom_op("qtts::packed_linear", mutates_args=())
-def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return _product(x, weight, bias)
+# The operator compiled regions call (an external call in the graph), registered at the dispatcher level: ~3 µs
+# per call where ``torch.library.custom_op`` 's wrapper took ~20 (a frame step makes ~720 products).
+_LIBRARY = torch.library.Library("qtts", "DEF")
+_LIBRARY.define("packed_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+_LIBRARY.impl("packed_linear", _product, "CPU")
 
 
-@_packed_linear.register_fake
+@torch.library.register_fake("qtts::packed_linear")
 def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
