@@ -5,7 +5,7 @@ reorders into its blocked layout at every call; float32 goes to MKL, whose produ
 the development machine's AMD CPU. Reordered once (``torch.ops.mkldnn._reorder_linear_weight``, what
 inductor's ``freezing`` does) and multiplied with ``torch.ops.mkldnn._linear_pointwise``:
 
-* bfloat16: bit for bit torch's ``linear`` (tested: rows 1-128, with and without bias), 1.2-1.5x faster per
+* bfloat16: bit for bit torch's ``linear`` (tested: rows 1-128, with and without bias), 1.1-1.5x faster per
   product on the development machine, so an eager bfloat16 frame step ran 1.2x and 8 batched streams 1.3x
   faster (BENCHMARKS.md);
 * float32: oneDNN's sums instead of MKL's, so the last bits differ (~1e-6 relative, as with ``row-kernels``)
