@@ -1,6 +1,6 @@
 """Server under concurrent load: aggregate audio throughput and time to first audio vs sequential requests.
 
-    python bench/server_load.py [--checkpoint PATH] [--concurrency 1 4 8 16] [--frames N] [--threads N]
+    python bench/server_load.py [--checkpoint PATH] [--concurrency 1 4 8 16] [--frames N] [--threads N] [--accel A]
                                 [--repeats R] [--repeats-max R] [--out FILE] [--quick]
 
 Starts the real server (``create_app`` under uvicorn, in a thread of this process, on a free 127.0.0.1 port)
@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seeds not to use (request i gets the i-th seed that is not excluded)")
     p.add_argument("--voice", default="ryan")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--accel", default=None, help="the server's --accel (default auto: eager on CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--quick", action="store_true", help="smoke run: concurrency 1 2 4, 4 frames, 1 repeat")
@@ -263,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     levels, top = args.concurrency, max(args.concurrency)
     settings = ServerSettings(model=args.checkpoint, device=args.device, dtype=args.dtype, max_batch=top,
-                              max_waiting=4 * top, wait_timeout=900.0, data_dir=Path("/tmp/qtts-bench-voices"))
+                              max_waiting=4 * top, wait_timeout=900.0, data_dir=Path("/tmp/qtts-bench-voices"),
+                              accel=args.accel)
     info = machine_info(args)
     t_load = time.perf_counter()
     with running_server(settings) as (url, app):
