@@ -16,13 +16,17 @@ import argparse
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from row_kernels import _time as best_time  # noqa: E402
+from streaming import cpu_model, git_commit  # noqa: E402
+
 from qtts import packed  # noqa: E402
 
 SHAPES = ((3072, 1024), (1024, 3072))
@@ -39,13 +43,8 @@ def _own_product(x: torch.Tensor, packed_weight: torch.Tensor) -> torch.Tensor:
 
 
 def _time(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    out = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+    """Best of ``repeats`` timed calls (``row_kernels._time``) and the output of one more."""
+    return best_time(fn, repeats), fn()
 
 
 @torch.no_grad()
@@ -61,9 +60,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if not packed.available():
         sys.exit("this torch build has no oneDNN (torch.backends.mkldnn)")
-    cpu = platform.processor() or platform.machine()
-    print(f"# {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"Python {platform.python_version()}, PACK_ROWS = {packed.PACK_ROWS}")
+    print(f"# {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"Python {platform.python_version()}, qtts {git_commit()}, PACK_ROWS = {packed.PACK_ROWS}")
     print("| dtype | rows | linear GB/s | packed GB/s | packed ÷ linear (time) | packed for R rows GB/s | "
           "equal to linear |")
     print("|---|---|---|---|---|---|---|")
