@@ -8,7 +8,8 @@ Builds a random-weight model of a real shape in memory (``qtts.checkpoint.random
   audio seconds per wall second = frames_per_s / 12.5);
 - ``ttfa_ms`` / ``rtf``: one stream through ``tts.stream`` (pooled runner, already warm): time to its first
   chunk (1 frame) and wall time per audio second over the whole stream;
-- ``codes_match``: greedy codes of every accelerated mode equal eager's (same requests).
+- ``codes_match``: greedy codes of every accelerated mode equal eager's (same requests);
+- ``x_realtime_long`` (``--long N``): audio seconds per wall second of one stream of N frames.
 
 Usage: ``python bench/frame_speed.py --shape 0.6b --device cuda --dtype bfloat16 --modes eager,graphs,graphs+fused``
 (a mode is ``eager`` or parts joined by ``+``: compile, graphs, fused, row-kernels, codec-stream).
@@ -86,6 +87,8 @@ def main() -> None:
     ap.add_argument("--modes", default="eager,graphs")
     ap.add_argument("--batches", default="1,4,8")
     ap.add_argument("--frames", type=int, default=48)
+    ap.add_argument("--long", type=int, default=0,
+                    help="also time one stream of this many frames (x real time of a long utterance)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
@@ -122,6 +125,9 @@ def main() -> None:
         if reference is None:
             reference = codes
         entry["codes_match_eager"] = bool(torch.equal(codes, reference))
+        if args.long:
+            _, rtf_long, _ = stream_once(tts, args.long)
+            entry["x_realtime_long"] = {args.long: round(1 / rtf_long, 2)}
         report["modes"][mode] = entry
         print(mode, json.dumps(entry), flush=True)
         if args.out:  # after every mode, so a run cut short keeps what it measured

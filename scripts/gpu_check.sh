@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device check for a session lent a GPU: one call, at most ~9.5 minutes, everything written under $OUT.
+# The device check for a session lent a GPU: one call, at most ~9.8 minutes, everything written under $OUT.
 # (A session has 15 minutes of device time in all; a machine starts in ~30 s. Give it back right after.)
 #
 #   run(command="bash scripts/gpu_check.sh", carry=[".gpu"], timeout_s=600)
@@ -15,10 +15,13 @@
 #   0. smoke: import qtts, one tiny synthesis on CUDA (stops the run early if this fails);
 #   0b. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds);
 #   1. the GPU tests but the compiled one (CUDA graphs == eager, graphed codec chunk decode == eager);
-#   2. bench/frame_speed.py at the 0.6b shape, bfloat16: eager, CUDA graphs, and CUDA graphs with fused projections
-#      or with the codec on its own stream; B = 1 and 8, TTFA, x real time;
-#   3. compile + CUDA graphs, plain and with both (the first mode's codes are the reference);
-#   4. the compiled GPU test (compiles three batch buckets: 30-50 s each on an H100).
+#   2. bench/frame_speed.py at the 0.6b shape, bfloat16, compile + CUDA graphs: with fused projections, with them
+#      and the codec on its own stream, and plain (the first mode's codes are the reference); B = 1 and 8, TTFA,
+#      x real time over 48 and 240 frames;
+#   3. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
+#   4. the same benchmark for CUDA graphs without compilation (the `auto` default): fused, plain, codec stream;
+#   5. the compiled GPU test (compiles three batch buckets: 30-50 s each on an H100).
+# (Session 6 measured eager: ~150 ms per frame; it is left out to leave time for the rest.)
 # The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
 #   make the checkpoint (python3 -m qtts.cli make-checkpoint --shape 0.6b --kind custom_voice --seed 1 --out
 #   checkpoints/0.6b-custom_voice), then PYTHONPATH="$PWD:/tmp/off:/tmp/site" python3 bench/suite.py --device cuda
@@ -28,7 +31,7 @@ OUT=${OUT:-/tmp/qtts-gpu}
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 START=$(date +%s)
-DEADLINE=$((START + ${GPU_CHECK_SECONDS:-560}))
+DEADLINE=$((START + ${GPU_CHECK_SECONDS:-585}))
 left() { echo $((DEADLINE - $(date +%s))); }
 step() {  # step NAME CAP command...: runs with min(CAP, time left), appends to the log
     local name=$1 cap=$2; shift 2
@@ -59,13 +62,15 @@ out = tts.synthesize("Hello there.", voice=Speaker(tts.speakers[0]), seed=0, opt
 print("smoke ok", tuple(out.codes.shape), round(time.perf_counter() - t0, 2), "s")
 EOF
 
-step attention 40 python3 scripts/gpu_attention.py
+step attention 30 python3 scripts/gpu_attention.py
 step gpu_tests 100 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
     tests/test_accel.py tests/test_fuse.py -k "not compiled"
-step frame_speed 130 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --modes eager,graphs,graphs+fused,graphs+codec-stream \
-    --batches 1,8 --frames 48 --out "$OUT/frame_speed.json"
-step frame_speed_compiled 240 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
-    --modes compile+graphs,compile+graphs+fused+codec-stream --batches 1,8 --frames 48 --out "$OUT/frame_speed_compiled.json"
+step frame_speed_compiled 270 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
+    --modes compile+graphs+fused,compile+graphs+fused+codec-stream,compile+graphs --batches 1,8 --frames 48 \
+    --long 240 --out "$OUT/frame_speed_compiled.json"
+step profile 90 python3 scripts/gpu_profile.py --shape 0.6b --mode compile+graphs+fused
+step frame_speed 110 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
+    --modes graphs+fused,graphs,graphs+codec-stream --batches 1,8 --frames 48 --long 240 --out "$OUT/frame_speed.json"
 step gpu_test_compiled 200 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=3 -m gpu \
     tests/test_accel.py -k compiled
 echo "done at +$(( $(date +%s) - START ))s" | tee -a "$LOG"
