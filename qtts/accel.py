@@ -237,7 +237,7 @@ class StaticFrameStep(FrameStep):
         cfg = self.talker.cfg
         vocabs = (cfg.vocab_size, cfg.code_predictor_config.vocab_size)
         # The calls decode_frame makes: the frame's race variates, a code-0 pick, a predictor pick.
-        race0, race = self.kernels.noise(view.seed_keys, view.steps, view.groups, view.tokens, vocabs)
+        race0, race = self.kernels.noise(view.seed_keys, view.steps, view.offsets, view.tokens, vocabs)
         logits = torch.zeros(view.batch, vocabs[0], device=view.seeds.device)
         self.kernels.sample(logits, view.talker_params, view.seeds, view.steps, 0, race0)
         logits = torch.zeros(view.batch, vocabs[1], device=view.seeds.device)

@@ -24,6 +24,7 @@ from .sampling import (
     SamplingTensors,
     frame_exponentials,
     group_exponential,
+    group_offsets,
     process_code0_logits,
     sample,
     seed_key,
@@ -102,6 +103,7 @@ class FrameState:
                                   device, dtype)
         self.pred_steps = PredictorSteps(talker, batch, device, dtype)
         self.tokens = token_hash(max(t.vocab_size, p.vocab_size), device)  # the noise hash's per-token half
+        self.offsets = group_offsets(0, self.groups, device)  # ... and its per-group part
         z = dict(device=device)
         self.positions = torch.zeros(batch, dtype=torch.long, **z)
         self.steps = torch.zeros(batch, dtype=torch.long, **z)
@@ -159,6 +161,7 @@ class FrameState:
         view = object.__new__(FrameState)
         rows = slice(0, n)
         view.groups, view.pad, view.sampling, view.tokens = self.groups, self.pad, self.sampling, self.tokens
+        view.offsets = self.offsets
         view.cache = self.cache.head(n)
         view.pred_cache = self.pred_cache.head(n)
         view.pred_steps = self.pred_steps.head(n)
@@ -324,7 +327,7 @@ def decode_frame(talker: Talker, state: FrameState, span: int, kernels: Kernels 
     if kernels.sampler(state, 0) is not greedy or kernels.sampler(state, 1) is not greedy:
         with timed("sampling"):  # the race variates of all 16 picks at once
             vocabs = (talker.cfg.vocab_size, talker.code_predictor.cfg.vocab_size)
-            race0, race = kernels.noise(state.seed_keys, state.steps, state.groups, state.tokens, vocabs)
+            race0, race = kernels.noise(state.seed_keys, state.steps, state.offsets, state.tokens, vocabs)
     codes, frame = predict_groups(talker, state, race, kernels, timed)
     with timed("other"):
         x = (frame + next_text(state))[:, None]

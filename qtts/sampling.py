@@ -41,11 +41,19 @@ def seed_key(seeds: torch.Tensor | int) -> torch.Tensor | int:
     return _mix32((seeds & _M32) ^ _mix32((seeds >> 32) & _M32))
 
 
-def group_keys(keys: torch.Tensor, steps: torch.Tensor, first: int, count: int) -> torch.Tensor:
-    """``[B, count]``: the hash of (seed, step, group) for groups ``first .. first + count - 1`` from
-    ``keys = seed_key(seeds)`` and ``steps [B]``."""
-    groups = torch.arange(first + 1, first + count + 1, device=keys.device, dtype=torch.int64)
-    return _mix32(keys[:, None] ^ _mix32((steps & _M32)[:, None] + 0x9E3779B9 * groups[None, :] & _M32))
+def group_offsets(first: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The per-group part of the (seed, step, group) hash for groups ``first .. first + count - 1``: ``[count]``
+    int64, ``(group + 1) * 0x9E3779B9 mod 2**32``. A frame state makes it once and compiled code takes it as a
+    tensor: inside a compiled region inductor folded ``arange * 0x9E3779B9`` into the kernel's 32-bit index
+    arithmetic, which Triton rejects (the constant does not fit an int32)."""
+    groups = torch.arange(first + 1, first + count + 1, device=device, dtype=torch.int64)
+    return groups * 0x9E3779B9 & _M32
+
+
+def group_keys(keys: torch.Tensor, steps: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``[B, count]``: the hash of (seed, step, group) for the groups of ``offsets = group_offsets(first,
+    count)`` from ``keys = seed_key(seeds)`` and ``steps [B]``."""
+    return _mix32(keys[:, None] ^ _mix32((steps & _M32)[:, None] + offsets[None, :] & _M32))
 
 
 def token_hash(vocab: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -73,7 +81,7 @@ def group_noise(seeds: torch.Tensor, steps: torch.Tensor, first: int, count: int
     ``uniform_noise`` of group ``first + i`` bit for bit. ``tokens``: ``token_hash`` of at least ``vocab``
     tokens, if already made."""
     tokens = token_hash(vocab, seeds.device) if tokens is None else tokens[:vocab]
-    return noise_from_keys(group_keys(seed_key(seeds), steps, first, count), tokens)
+    return noise_from_keys(group_keys(seed_key(seeds), steps, group_offsets(first, count, seeds.device)), tokens)
 
 
 def group_exponential(seeds: torch.Tensor, steps: torch.Tensor, first: int, count: int, vocab: int,
@@ -85,14 +93,14 @@ def group_exponential(seeds: torch.Tensor, steps: torch.Tensor, first: int, coun
     return -torch.log(group_noise(seeds, steps, first, count, vocab, tokens))
 
 
-def frame_exponentials(keys: torch.Tensor, steps: torch.Tensor, groups: int, tokens: torch.Tensor,
+def frame_exponentials(keys: torch.Tensor, steps: torch.Tensor, offsets: torch.Tensor, tokens: torch.Tensor,
                        vocabs: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A frame's race variates, from one hash of (seed, step, group) for all its groups: code-0's over the
-    talker's ``vocabs[0]`` tokens ``[B, V0]`` and groups ``1 .. groups - 1`` 's over the predictor's
-    ``vocabs[1]`` ``[B, groups - 1, V1]``; bit for bit ``group_exponential`` of each (``keys = seed_key(seeds)``,
-    ``tokens``: ``token_hash`` of at least both vocabularies). Under CUDA graphs without compilation every
-    operation is a kernel: ~95 here against ~215 for two ``group_exponential`` calls."""
-    hashed = group_keys(keys, steps, 0, groups)
+    """A frame's race variates, from one hash of (seed, step, group) for all its ``G`` groups (``offsets =
+    group_offsets(0, G)``): code-0's over the talker's ``vocabs[0]`` tokens ``[B, V0]`` and groups ``1 .. G - 1``
+    's over the predictor's ``vocabs[1]`` ``[B, G - 1, V1]``; bit for bit ``group_exponential`` of each (``keys =
+    seed_key(seeds)``, ``tokens``: ``token_hash`` of at least both vocabularies). Under CUDA graphs without
+    compilation every operation is a kernel: ~95 here against ~215 for two ``group_exponential`` calls."""
+    hashed = group_keys(keys, steps, offsets)
     code0 = -torch.log(noise_from_keys(hashed[:, :1], tokens[:vocabs[0]]))[:, 0]
     return code0, -torch.log(noise_from_keys(hashed[:, 1:], tokens[:vocabs[1]]))
 

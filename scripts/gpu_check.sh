@@ -18,14 +18,16 @@
 #   2. bench/frame_speed.py at the 0.6b shape, bfloat16, compile + CUDA graphs: with fused projections, with them
 #      and the codec on its own stream, and plain (the first mode's codes are the reference); B = 1 and 8, TTFA,
 #      x real time over 48 and 240 frames;
-#   3. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
-#   4. the same benchmark for CUDA graphs without compilation (the `auto` default): fused, plain, codec stream;
-#   5. the compiled GPU test (compiles three batch buckets: 30-50 s each on an H100).
+#   3. the compiled GPU test (compiles two batch buckets: 30-50 s each on an H100);
+#   4. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
+#   5. the same benchmark for CUDA graphs without compilation (the `auto` default): fused, plain, codec stream.
 # (Session 6 measured eager: ~150 ms per frame; it is left out to leave time for the rest.)
 # The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
 #   make the checkpoint (python3 -m qtts.cli make-checkpoint --shape 0.6b --kind custom_voice --seed 1 --out
 #   checkpoints/0.6b-custom_voice), then PYTHONPATH="$PWD:/tmp/off:/tmp/site" python3 bench/suite.py --device cuda
 #   --shapes 0.6b --dtypes bfloat16 --accels eager,cuda-graphs --batches 1,8 --frames 24 --out-dir "$OUT".
+# A rerun can take some steps only: GPU_CHECK_ONLY="smoke frame_speed_compiled" (step names, below), and
+# GPU_TESTS_K (pytest -k of the gpu_tests step).
 set -uo pipefail
 OUT=${OUT:-/tmp/qtts-gpu}
 mkdir -p "$OUT"
@@ -35,6 +37,7 @@ DEADLINE=$((START + ${GPU_CHECK_SECONDS:-585}))
 left() { echo $((DEADLINE - $(date +%s))); }
 step() {  # step NAME CAP command...: runs with min(CAP, time left), appends to the log
     local name=$1 cap=$2; shift 2
+    if [[ -n "${GPU_CHECK_ONLY:-}" && " $GPU_CHECK_ONLY " != *" $name "* ]]; then return 0; fi
     local t=$(left); (( t > cap )) && t=$cap
     if (( t < 20 )); then echo "== $name: skipped (${t}s left)" | tee -a "$LOG"; return 1; fi
     echo "== $name (cap ${t}s) at +$(( $(date +%s) - START ))s" | tee -a "$LOG"
@@ -64,14 +67,14 @@ EOF
 
 step attention 30 python3 scripts/gpu_attention.py
 step gpu_tests 100 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
-    tests/test_accel.py tests/test_fuse.py -k "not compiled"
-step frame_speed_compiled 270 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
+    tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
+step frame_speed_compiled 230 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
     --modes compile+graphs+fused,compile+graphs+fused+codec-stream,compile+graphs --batches 1,8 --frames 48 \
     --long 240 --out "$OUT/frame_speed_compiled.json"
+step gpu_test_compiled 120 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=3 -m gpu \
+    tests/test_accel.py -k compiled
 step profile 90 python3 scripts/gpu_profile.py --shape 0.6b --mode compile+graphs+fused
 step frame_speed 110 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
     --modes graphs+fused,graphs,graphs+codec-stream --batches 1,8 --frames 48 --long 240 --out "$OUT/frame_speed.json"
-step gpu_test_compiled 200 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=3 -m gpu \
-    tests/test_accel.py -k compiled
 echo "done at +$(( $(date +%s) - START ))s" | tee -a "$LOG"
 grep -E "^== |ms/frame|passed|failed|error|Error|x_realtime" "$LOG" | tail -n 60

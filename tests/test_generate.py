@@ -120,7 +120,7 @@ def test_the_frame_vector_is_the_frame_embedding_of_its_codes(tiny_tts):
     vocabs = (talker.cfg.vocab_size, talker.code_predictor.cfg.vocab_size)
     with torch.no_grad():
         for _ in range(3):
-            race = frame_exponentials(state.seed_keys, state.steps, state.groups, state.tokens, vocabs)[1]
+            race = frame_exponentials(state.seed_keys, state.steps, state.offsets, state.tokens, vocabs)[1]
             codes, frame = predict_groups(talker, state, race)
             assert torch.equal(frame, frame_embedding(talker, codes))
             decode_frame(talker, state, state.cache.max_len)

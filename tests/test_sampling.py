@@ -202,17 +202,44 @@ def test_frame_exponentials_are_each_groups_variates():
     """A frame's race variates come from one hash of (seed, step, group) split over the talker's and the
     predictor's vocabularies: bit for bit ``group_exponential`` of each group. The seed key made on the host
     from a Python int equals the one made on device tensors."""
-    from qtts.sampling import frame_exponentials, group_exponential, seed_key, token_hash
+    from qtts.sampling import frame_exponentials, group_exponential, group_offsets, seed_key, token_hash
 
     seeds = torch.tensor([0, 1, 2**40 + 7, 2**63 - 1])
     steps = torch.tensor([0, 5, 2**31, 7])
     keys = seed_key(seeds)
     assert keys.tolist() == [seed_key(int(s)) for s in seeds]
-    code0, groups = frame_exponentials(keys, steps, 16, token_hash(3072), (3072, 2048))
+    code0, groups = frame_exponentials(keys, steps, group_offsets(0, 16), token_hash(3072), (3072, 2048))
     assert code0.shape == (4, 3072) and groups.shape == (4, 15, 2048)
     assert torch.equal(code0, group_exponential(seeds, steps, 0, 1, 3072)[:, 0])
     assert torch.equal(groups, group_exponential(seeds, steps, 1, 15, 2048))
     # The predictor may have the larger vocabulary: each part takes its prefix of the table.
-    code0, groups = frame_exponentials(keys, steps, 3, token_hash(500), (300, 500))
+    code0, groups = frame_exponentials(keys, steps, group_offsets(0, 3), token_hash(500), (300, 500))
     assert torch.equal(code0, group_exponential(seeds, steps, 0, 1, 300)[:, 0])
     assert torch.equal(groups, group_exponential(seeds, steps, 1, 2, 500))
+
+
+def test_group_offsets_are_the_hash_constant_times_the_group():
+    from qtts.sampling import group_offsets
+
+    assert group_offsets(0, 16).tolist() == [(g + 1) * 0x9E3779B9 % 2**32 for g in range(16)]
+    assert group_offsets(5, 2).tolist() == group_offsets(0, 7).tolist()[5:]
+
+
+def test_compiled_frame_noise_makes_no_index_range():
+    """Compiled, the frame's noise hash takes its per-group part as a tensor (``group_offsets``): built inside
+    the region, ``arange * 0x9E3779B9`` became Triton index arithmetic in int32, and inductor's CUDA kernel
+    failed to compile ("Scalar 2654435769 is out of range for type int32", H100, torch 2.11)."""
+    from qtts.sampling import frame_exponentials, group_offsets, seed_key, token_hash
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    keys, steps = seed_key(torch.tensor([3, 4])), torch.tensor([1, 9])
+    args = (keys, steps, group_offsets(0, 16), token_hash(3072), (3072, 2048))
+    got = torch.compile(frame_exponentials, backend=backend, fullgraph=True)(*args)
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert targets and not any("arange" in t for t in targets)
+    assert all(torch.equal(a, b) for a, b in zip(got, frame_exponentials(*args), strict=True))
