@@ -5,7 +5,8 @@ to the engine thread and returns a ``StreamHandle`` to read its audio chunks fro
 cancel it. Between frames the engine thread admits waiting requests into free slots (continuous batching),
 retires finished and cancelled ones and runs queued calls (``Engine.call``: model work such as encoding a
 clone prompt, so no model work ever runs on a caller's event loop). A request that finds every slot busy
-waits up to ``EngineConfig.wait_timeout`` seconds, then fails with ``EngineBusy``; ``submit`` refuses at
+waits up to ``EngineConfig.wait_timeout`` seconds (not counting the engine's one-time warm-up: compiling or
+capturing a batch bucket), then fails with ``EngineBusy``; ``submit`` refuses at
 once when ``max_waiting`` requests are already queued. An unexpected error in a frame step fails the
 requests in that batch, not the engine.
 """
@@ -342,16 +343,30 @@ class Engine:
                     except BaseException as e:  # delivered to the caller
                         future.set_exception(e)
             self._expire(now)
+            built = self._build_seconds()
             try:
                 self._busy = runner.step()
             except Exception as e:
                 log.exception("frame step failed; failing the streams in the batch")
                 runner.fail_all(e)
                 self._busy = False
+            self._pause_wait_clocks(self._build_seconds() - built)
             for job in runner.live:
                 self._waiting_since.pop(id(job), None)
 
     _busy = False
+
+    def _build_seconds(self) -> float:
+        """Seconds this engine's runner spent so far on one-time warm-up, compilation and capture."""
+        step, chunks = self.runner.step_fn, self.runner.chunk_decoder
+        return step.capture_seconds + (chunks.capture_seconds if chunks is not None else 0.0)
+
+    def _pause_wait_clocks(self, seconds: float) -> None:
+        """Leave ``seconds`` of one-time building (a new batch bucket compiling: 30-50 s on an H100) out of the
+        waiting requests' clocks: ``wait_timeout`` bounds the wait for a slot, not for the engine's warm-up."""
+        if seconds > 0:
+            for key in self._waiting_since:
+                self._waiting_since[key] += seconds
 
     def _expire(self, now: float) -> None:
         """Fail requests that waited for a slot longer than the bound (sessions waiting for text excepted)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -115,6 +116,39 @@ def test_admission_control(tiny_tts):
         ok = engine.submit(tts.prepare("Now there is room.", voice=Speaker("ryan"), seed=3,
                                        options=SynthesisOptions(max_new_tokens=5)))
         assert list(ok)[-1].finish_reason == "length"
+
+
+class _BuildingStep:
+    """A frame step whose first ``frames`` calls take ``seconds`` more each, reported as warm-up (as a batch
+    bucket compiling or capturing on its first frame)."""
+
+    def __init__(self, inner, frames: int, seconds: float) -> None:
+        self.inner, self.left, self.seconds, self.capture_seconds = inner, frames, seconds, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, *args):
+        if self.left > 0:
+            self.left -= 1
+            time.sleep(self.seconds)
+            self.capture_seconds += self.seconds
+        return self.inner(*args)
+
+
+def test_wait_for_a_slot_does_not_count_warm_up(tiny_tts):
+    """A request queued while the engine builds a batch bucket (30-50 s of compilation on an H100, longer than
+    the default ``wait_timeout``) waits for the slot, not for the build: it is served, not refused."""
+    tts = tiny_tts["custom_voice"]
+    with Engine(tts, EngineConfig(max_batch=1, wait_timeout=0.5)) as engine:
+        engine.runner.step_fn = _BuildingStep(engine.runner.step_fn, frames=4, seconds=0.3)
+        first = engine.submit(tts.prepare(TEXTS[0], voice=Speaker("ryan"), seed=1,
+                                          options=SynthesisOptions(max_new_tokens=5)))
+        second = engine.submit(tts.prepare(TEXTS[1], voice=Speaker("ryan"), seed=2,
+                                           options=SynthesisOptions(max_new_tokens=3)))
+        assert list(first)[-1].finish_reason == "length"
+        assert list(second)[-1].finish_reason == "length"
+        assert engine.runner.step_fn.capture_seconds == pytest.approx(1.2)
 
 
 def test_async_iteration_and_calls(tiny_tts):
