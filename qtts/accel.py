@@ -67,20 +67,22 @@ class AccelOptions:
 
 
 ACCEL_PARTS = ("compile", "cuda-graphs", "row-kernels", "fused", "codec-stream", "packed")
-ACCEL_HELP = ("acceleration: auto (CUDA graphs on CUDA, eager on CPU), eager, or a comma-separated set of "
-              "compile, cuda-graphs (CUDA only), row-kernels (CPU, one stream; see qtts.gemv), fused (one product for "
-              "q/k/v and one for gate/up per block), codec-stream (CUDA: chunk decodes overlap the next frame), "
-              "packed (CPU: weights reordered once for oneDNN; see qtts.packed)")
+ACCEL_HELP = ("acceleration: auto (cuda-graphs,fused,codec-stream on CUDA, eager on CPU), eager, or a "
+              "comma-separated set of compile, cuda-graphs (CUDA only), row-kernels (CPU, one stream; see "
+              "qtts.gemv), fused (one product for q/k/v and one for gate/up per block), codec-stream (CUDA: chunk "
+              "decodes overlap the next frame), packed (CPU: weights reordered once for oneDNN; see qtts.packed)")
 
 
 def parse_accel(value: str | None, device: torch.device | str) -> AccelOptions:
     """Options for an ``--accel`` value: ``auto`` (or None), ``eager``, or a comma-separated set of
-    ``compile``, ``cuda-graphs``, ``row-kernels``, ``fused``, ``codec-stream``, ``packed``. ``auto`` means CUDA
-    graphs on a CUDA device, else eager."""
+    ``compile``, ``cuda-graphs``, ``row-kernels``, ``fused``, ``codec-stream``, ``packed``. ``auto`` means
+    ``cuda-graphs,fused,codec-stream`` on a CUDA device (the fastest set that builds in about a second; each part
+    measured faster on an H100, BENCHMARKS.md), else eager."""
     device = torch.device(device)
     text = "auto" if value is None else str(value).strip().lower()
     if text == "auto":
-        return AccelOptions(cuda_graphs=device.type == "cuda")
+        cuda = device.type == "cuda"
+        return AccelOptions(cuda_graphs=cuda, fused=cuda, codec_stream=cuda)
     if text == "eager":
         return AccelOptions()
     parts = [p.strip() for p in text.split(",") if p.strip()]

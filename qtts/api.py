@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .accel import AccelOptions, make_frame_step
+from .accel import AccelOptions, make_frame_step, parse_accel
 from .codec.chunks import make_chunk_decoder
 from .codec.tokenizer import SpeechTokenizer
 from .config import GenerationConfig, ModelConfig, SpeechTokenizerConfig, read_json
@@ -176,13 +176,20 @@ class TTS:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,
-                        dtype: torch.dtype | str | None = None, quantize: str | None = None) -> TTS:
+                        dtype: torch.dtype | str | None = None, quantize: str | None = None,
+                        accel: str | AccelOptions | None = None) -> TTS:
         """Load a checkpoint folder or Hugging Face repo id. Defaults: CUDA if available (bfloat16), else
         CPU (float32). ``quantize``: ``None``/``"none"`` or ``"int8"`` (opt-in weight-only int8 of the talker and
-        predictor linear layers, see ``qtts.quant``; the summary is kept in ``tts.quantization``)."""
+        predictor linear layers, see ``qtts.quant``; the summary is kept in ``tts.quantization``). ``accel``: an
+        ``--accel`` value (``"auto"``: CUDA graphs, fused projections and the codec on its own stream on CUDA,
+        eager on CPU; see ``qtts.accel.parse_accel``) or ``AccelOptions``; None: eager (the reference path;
+        ``accelerate`` can switch later)."""
         quant = parse_quantize(quantize)
+        if accel is not None and not isinstance(accel, (str, AccelOptions)):
+            raise InputError(f"accel must be an --accel string or AccelOptions, got {type(accel).__name__}")
         folder = resolve_checkpoint(path_or_id)
         dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        options = parse_accel(accel, dev) if isinstance(accel, str) else accel  # a bad value fails before loading
         if isinstance(dtype, str):
             dtype = _parse_dtype(dtype)
         dtype = dtype or _default_dtype(dev)
@@ -204,6 +211,8 @@ class TTS:
                                dtype, dev)
         tts = cls(cfg, generation, tokenizer, model, codec)
         tts.quantization = summary
+        if options is not None:
+            tts.set_accel(options)
         return tts
 
     @property

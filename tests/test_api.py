@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 
 from qtts import (
+    TTS,
     Clone,
     ClonePrompt,
     Design,
@@ -136,3 +137,24 @@ def test_default_frame_budget_follows_text_length(tiny_tts):
     prepared = tts.prepare(TEXT, Speaker("ryan"))
     n = len(tts.prompts.text_ids(TEXT))
     assert prepared.plan.text_tokens == n and prepared.stream.max_new_tokens == 64 + 12 * n
+
+
+def test_from_pretrained_takes_an_accel(tiny_checkpoints, monkeypatch):
+    """``accel`` at load: an ``--accel`` string or ``AccelOptions``; a bad value fails before any weight is read;
+    None leaves the eager reference."""
+    import qtts.api
+    from qtts.accel import AccelOptions
+
+    path = tiny_checkpoints["custom_voice"]
+    assert TTS.from_pretrained(path, device="cpu").accel == AccelOptions()
+    tts = TTS.from_pretrained(path, device="cpu", accel="fused")
+    assert tts.accel.fused and tts.model.talker.model.layers[0].self_attn.qkv_proj is not None
+    assert TTS.from_pretrained(path, device="cpu", accel=AccelOptions(fused=True)).accel.fused
+    assert TTS.from_pretrained(path, device="cpu", accel="auto").accel == AccelOptions()  # CPU: eager
+    monkeypatch.setattr(qtts.api, "read_safetensors", lambda *_: pytest.fail("weights read before the check"))
+    with pytest.raises(InputError, match="unknown accel"):
+        TTS.from_pretrained(path, device="cpu", accel="cmpile")
+    with pytest.raises(InputError, match="cuda-graphs needs a CUDA device"):
+        TTS.from_pretrained(path, device="cpu", accel="cuda-graphs")
+    with pytest.raises(InputError, match="accel must be"):
+        TTS.from_pretrained(path, device="cpu", accel=1)
