@@ -12,7 +12,9 @@ Builds a random-weight model of a real shape in memory (``qtts.checkpoint.random
 - ``x_realtime_long`` (``--long N``): audio seconds per wall second of one stream of N frames.
 
 Usage: ``python bench/frame_speed.py --shape 0.6b --device cuda --dtype bfloat16 --modes eager,graphs,graphs+fused``
-(a mode is ``eager`` or parts joined by ``+``: compile, graphs, fused, row-kernels, codec-stream).
+(a mode is ``eager`` or parts joined by ``+``: compile, graphs, fused, row-kernels, codec-stream, and the internal
+variants predictor-matmul / talker-matmul (compiled blocks attend with plain products) and gqa (torch's GQA
+call instead of stacked heads)).
 Absolute times only mean something on a GPU; on CPU compare modes within one run.
 """
 
@@ -27,18 +29,32 @@ import time
 
 import torch
 
-from qtts import Sampling, Speaker, SynthesisOptions
+from qtts import Sampling, Speaker, SynthesisOptions, accel
 from qtts.accel import AccelOptions, parse_accel
 from qtts.checkpoint import random_tts
+from qtts.model import layers
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it keeps on running far away."
 
 
+# Mode parts that are not ``--accel`` parts: internal choices A/B'd here (they change how the compiled step
+# attends; see qtts.accel.CUDA_ATTENTION and qtts.model.layers.STACK_GROUPED_HEADS).
+VARIANTS = ("predictor-matmul", "talker-matmul", "gqa")
+
+
 def mode_options(mode: str, device: torch.device) -> AccelOptions:
     """The acceleration of a mode: ``eager`` or ``--accel`` parts joined by ``+`` (``graphs`` short for
-    ``cuda-graphs``), e.g. ``compile+graphs+fused``; 512 cache slots per stream."""
-    parts = ["cuda-graphs" if p == "graphs" else p for p in mode.split("+")]
-    return dataclasses.replace(parse_accel(",".join(parts), device), max_frames=512)
+    ``cuda-graphs``), e.g. ``compile+graphs+fused``, plus any ``VARIANTS``; 512 cache slots per stream."""
+    parts = ["cuda-graphs" if p == "graphs" else p for p in mode.split("+") if p not in VARIANTS]
+    return dataclasses.replace(parse_accel(",".join(parts) or "eager", device), max_frames=512)
+
+
+def use_variants(mode: str) -> None:
+    """Set the internal choices of ``mode`` 's ``VARIANTS`` parts (the defaults for parts it lacks)."""
+    parts = set(mode.split("+"))
+    accel.CUDA_ATTENTION.update(talker="matmul" if "talker-matmul" in parts else "sdpa",
+                                predictor="matmul" if "predictor-matmul" in parts else "sdpa")
+    layers.STACK_GROUPED_HEADS = "gqa" not in parts
 
 
 def _sync(device: torch.device) -> None:
@@ -108,6 +124,7 @@ def main() -> None:
     print(json.dumps({k: v for k, v in report.items() if k != "modes"}), flush=True)
     reference = None
     for mode, options in modes.items():
+        use_variants(mode)
         tts.set_accel(options)
         entry: dict = {"frame_ms": {}, "frames_per_s": {}, "first_step_s": {},
                        "pipelined": tts.new_runner(1).pipelined}

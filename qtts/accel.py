@@ -115,20 +115,39 @@ def _regions(talker: Talker) -> list[torch.nn.Module]:
     return [*talker.model.layers, talker.code_predictor]
 
 
+# Attention inside compiled regions, per decoder: "matmul" (``matmul_attention``: plain products and a softmax,
+# which inductor fuses with their neighbours) or "sdpa" (torch's fused kernel). On CPU both decoders take
+# "matmul" (torch's SDPA is an opaque ~40-100 µs call there for one query). On CUDA the fused kernel stays until
+# the other is measured faster: the code predictor attends over at most 16 slots, yet an H100 spent ~10 µs per
+# cuDNN call on it (BENCHMARKS.md, session 9). ``bench/frame_speed.py`` A/Bs it (mode parts ``predictor-matmul``,
+# ``talker-matmul``). Read when a compiled frame step is made.
+CUDA_ATTENTION: dict[str, str] = {"talker": "sdpa", "predictor": "sdpa"}
+
+
+def region_attention(device_type: str) -> dict[str, str]:
+    """The attention each decoder's compiled blocks use on a device type (see ``CUDA_ATTENTION``)."""
+    if device_type == "cpu":
+        return {"talker": "matmul", "predictor": "matmul"}
+    unknown = {k: v for k, v in CUDA_ATTENTION.items() if v not in ("sdpa", "matmul")}
+    if unknown or set(CUDA_ATTENTION) != {"talker", "predictor"}:
+        raise ValueError(f"CUDA_ATTENTION needs 'talker' and 'predictor', each 'sdpa' or 'matmul': {CUDA_ATTENTION}")
+    return dict(CUDA_ATTENTION)
+
+
 def compile_regions(talker: Talker, backend: str) -> Kernels:
     """Regional compilation: every talker block (one compiled graph per block shape, shared by all the layers
     of that shape), the code predictor's transformer as one region (its few layers, RoPE and final norm; 15
     calls per frame instead of 75 block calls and the eager glue between them), and the sampling functions.
     Fuses the many small element-wise ops of norms, RoPE, SwiGLU and sampling; compiles in a fraction of the
-    time of the whole frame. On CPU the blocks' attention is swapped for ``matmul_attention`` (undone by
-    ``uncompile_regions``), and int8 layers choose their kernel before any trace."""
+    time of the whole frame. Attention is chosen per decoder by ``region_attention`` (on CPU ``matmul_attention``
+    everywhere; undone by ``uncompile_regions``), and int8 layers choose their kernel before any trace."""
     # Region shapes: talker prefill / frame sequence lengths, predictor first / later steps, batch buckets.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-    # On CPU attention runs as plain products that inductor fuses (torch's SDPA is an opaque ~40-100 µs call
-    # for one query); on CUDA the fused SDPA kernel stays (the swap is not measured on a GPU).
-    if talker.codec_head.weight.device.type == "cpu":
-        for block in _blocks(talker):
-            block.self_attn.attend = matmul_attention
+    kinds = region_attention(talker.codec_head.weight.device.type)
+    for name, blocks in (("talker", talker.model.layers), ("predictor", talker.code_predictor.model.layers)):
+        if kinds[name] == "matmul":
+            for block in blocks:
+                block.self_attn.attend = matmul_attention
     for region in _regions(talker):
         region.compile(backend=backend)
     for layer in talker.modules():

@@ -15,13 +15,14 @@
 #   0. smoke: import qtts, one tiny synthesis on CUDA (stops the run early if this fails);
 #   0b. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds);
 #   1. the GPU tests but the compiled one (CUDA graphs == eager, graphed codec chunk decode == eager);
-#   2. bench/frame_speed.py at the 0.6b shape, bfloat16, compile + CUDA graphs: with fused projections, with them
-#      and the codec on its own stream, and plain (the first mode's codes are the reference); B = 1 and 8, TTFA,
-#      x real time over 48 and 240 frames;
+#   2. bench/frame_speed.py at the 0.6b shape, bfloat16, compile + CUDA graphs + fused + codec stream (the fastest
+#      set in session 9), then with the code predictor's compiled attention as plain products (`predictor-matmul`)
+#      and with torch's GQA call instead of stacked heads (`gqa`); B = 1 and 8, TTFA, x real time over 48 and 240
+#      frames (the first mode's codes are the reference);
 #   3. the compiled GPU test (compiles two batch buckets: 30-50 s each on an H100);
 #   4. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
-#   5. the same benchmark for CUDA graphs without compilation (the `auto` default): fused, plain, codec stream.
-# (Session 6 measured eager: ~150 ms per frame; it is left out to leave time for the rest.)
+#   5. the same benchmark for CUDA graphs without compilation: `auto` (graphs, fused, codec stream), and with `gqa`.
+# Session 9 measured the rest: eager ~150 ms per frame, graphs 10.9 ms, graphs + fused 9.4 ms (BENCHMARKS.md).
 # The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
 #   make the checkpoint (python3 -m qtts.cli make-checkpoint --shape 0.6b --kind custom_voice --seed 1 --out
 #   checkpoints/0.6b-custom_voice), then PYTHONPATH="$PWD:/tmp/off:/tmp/site" python3 bench/suite.py --device cuda
@@ -68,13 +69,14 @@ EOF
 step attention 30 python3 scripts/gpu_attention.py
 step gpu_tests 100 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
     tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
-step frame_speed_compiled 230 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
-    --modes compile+graphs+fused,compile+graphs+fused+codec-stream,compile+graphs --batches 1,8 --frames 48 \
-    --long 240 --out "$OUT/frame_speed_compiled.json"
+C=compile+graphs+fused+codec-stream  # the fastest set measured (session 9); then its attention variants
+step frame_speed_compiled 300 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
+    --modes "$C,$C+predictor-matmul,$C+gqa" --batches 1,8 --frames 48 --long 240 --out "$OUT/frame_speed_compiled.json"
 step gpu_test_compiled 120 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=3 -m gpu \
     tests/test_accel.py -k compiled
-step profile 90 python3 scripts/gpu_profile.py --shape 0.6b --mode compile+graphs+fused
+step profile 90 python3 scripts/gpu_profile.py --shape 0.6b --mode "$C+predictor-matmul"
 step frame_speed 110 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
-    --modes graphs+fused,graphs,graphs+codec-stream --batches 1,8 --frames 48 --long 240 --out "$OUT/frame_speed.json"
+    --modes graphs+fused+codec-stream,graphs+fused+codec-stream+gqa --batches 1,8 --frames 48 --long 240 \
+    --out "$OUT/frame_speed.json"
 echo "done at +$(( $(date +%s) - START ))s" | tee -a "$LOG"
 grep -E "^== |ms/frame|passed|failed|error|Error|x_realtime" "$LOG" | tail -n 60

@@ -2,7 +2,7 @@
 attention, compiled element-wise, copies), their device time, and the idle time between them.
 
 Builds a random-weight model of a real shape in memory, runs one stream on a runner with the given
-acceleration (default ``compile+graphs+fused``, the fastest measured mode), then:
+acceleration (default ``compile+graphs+fused``; a ``bench/frame_speed.py`` mode, variants included), then:
 
 - ``replay``: the frame's CUDA graph replayed alone, timed with CUDA events (wall per frame on the device);
 - ``kernels``: the frame step's kernels, profiled (from the graph replays where the profiler sees kernels
@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from qtts import Speaker, SynthesisOptions
-from qtts.accel import parse_accel
-from qtts.checkpoint import random_tts
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for bench/
+
+from bench.frame_speed import mode_options, use_variants  # noqa: E402
+from qtts import Speaker, SynthesisOptions  # noqa: E402
+from qtts.checkpoint import random_tts  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it keeps on running far away."
 KINDS = (  # (kind, substrings of the kernel name, lower case); the first match wins
@@ -81,10 +84,10 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=16)
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    parts = ["cuda-graphs" if p == "graphs" else p for p in args.mode.split("+")]
-    if device.type != "cuda":
-        parts = [p for p in parts if p not in ("cuda-graphs", "codec-stream")]
-    options = dataclasses.replace(parse_accel(",".join(parts), device), max_frames=512)
+    mode = args.mode if device.type == "cuda" else "+".join(
+        p for p in args.mode.split("+") if p not in ("graphs", "cuda-graphs", "codec-stream"))
+    options = mode_options(mode, device)  # also the internal variants (e.g. predictor-matmul)
+    use_variants(mode)
     tts = random_tts(args.shape, "custom_voice", device, getattr(torch, args.dtype))
     tts.set_accel(options)
     runner = tts.new_runner(1)

@@ -503,3 +503,17 @@ def test_decoders_hand_their_layers_one_additive_mask(tiny_tts):
     assert len(seen) == len(decoder.layers) and all(mask is seen[0] for mask in seen)
     assert seen[0].dtype == torch.float32 and set(seen[0].unique().tolist()) == {0.0, float("-inf")}
 
+
+
+def test_region_attention_per_device(monkeypatch):
+    """Compiled blocks attend with plain products on CPU; on CUDA as ``CUDA_ATTENTION`` says (torch's fused kernel
+    until the other is measured faster), per decoder."""
+    from qtts import accel
+
+    assert accel.region_attention("cpu") == {"talker": "matmul", "predictor": "matmul"}
+    assert accel.region_attention("cuda") == {"talker": "sdpa", "predictor": "sdpa"}
+    monkeypatch.setitem(accel.CUDA_ATTENTION, "predictor", "matmul")
+    assert accel.region_attention("cuda") == {"talker": "sdpa", "predictor": "matmul"}
+    monkeypatch.setitem(accel.CUDA_ATTENTION, "talker", "flash")
+    with pytest.raises(ValueError, match="CUDA_ATTENTION"):
+        accel.region_attention("cuda")

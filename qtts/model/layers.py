@@ -68,11 +68,17 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
     return x * cos + torch.cat((x2, x1), dim=-1) * signed_sin
 
 
+# On CUDA, grouped query heads go to SDPA stacked per KV head (``grouped_attention``). False: torch's own GQA
+# call (``enable_gqa``), for benchmarks (``bench/frame_speed.py`` mode part ``gqa``): torch 2.11 on an H100 ran
+# that one in cuDNN too (scripts/gpu_attention.py), where older versions fell back to the math path.
+STACK_GROUPED_HEADS = True
+
+
 def sdpa_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``q [B, H, S, D]`` over ``keys``/``values`` ``[B, H_kv, K, D]`` (``H`` a multiple of ``H_kv``) with
     ``mask [B or 1, 1, S, K]`` (bool, True = may attend, or additive: 0 / -inf) -> ``[B, H, S, D]``: torch's
     fused kernel (the reference). On CUDA through ``grouped_attention``."""
-    if q.is_cuda and q.shape[1] != keys.shape[1]:
+    if q.is_cuda and STACK_GROUPED_HEADS and q.shape[1] != keys.shape[1]:
         return grouped_attention(q, keys, values, mask)
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
 
