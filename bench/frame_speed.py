@@ -13,8 +13,8 @@ Builds a random-weight model of a real shape in memory (``qtts.checkpoint.random
 
 Usage: ``python bench/frame_speed.py --shape 0.6b --device cuda --dtype bfloat16 --modes eager,graphs,graphs+fused``
 (a mode is ``eager`` or parts joined by ``+``: compile, graphs, fused, row-kernels, codec-stream, and the internal
-variants predictor-matmul / talker-matmul (compiled blocks attend with plain products) and gqa (torch's GQA
-call instead of stacked heads)).
+variants predictor-matmul / talker-matmul (compiled blocks attend with plain products), gqa (torch's GQA call
+instead of stacked heads) and pairwise-filter (compiled sampling filter without a sort)).
 Absolute times only mean something on a GPU; on CPU compare modes within one run.
 """
 
@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from qtts import Sampling, Speaker, SynthesisOptions, accel
+from qtts import Sampling, Speaker, SynthesisOptions, accel, sampling
 from qtts.accel import AccelOptions, parse_accel
 from qtts.checkpoint import random_tts
 from qtts.model import layers
@@ -37,9 +37,9 @@ from qtts.model import layers
 TEXT = "The quick brown fox jumps over the lazy dog, and then it keeps on running far away."
 
 
-# Mode parts that are not ``--accel`` parts: internal choices A/B'd here (they change how the compiled step
-# attends; see qtts.accel.CUDA_ATTENTION and qtts.model.layers.STACK_GROUPED_HEADS).
-VARIANTS = ("predictor-matmul", "talker-matmul", "gqa")
+# Mode parts that are not ``--accel`` parts: internal choices A/B'd here (how the compiled step attends and
+# filters on CUDA; see qtts.accel.CUDA_ATTENTION, qtts.model.layers.STACK_GROUPED_HEADS, qtts.sampling.CUDA_FILTER).
+VARIANTS = ("predictor-matmul", "talker-matmul", "gqa", "pairwise-filter")
 
 
 def mode_options(mode: str, device: torch.device) -> AccelOptions:
@@ -55,6 +55,7 @@ def use_variants(mode: str) -> None:
     accel.CUDA_ATTENTION.update(talker="matmul" if "talker-matmul" in parts else "sdpa",
                                 predictor="matmul" if "predictor-matmul" in parts else "sdpa")
     layers.STACK_GROUPED_HEADS = "gqa" not in parts
+    sampling.CUDA_FILTER = "pairwise" if "pairwise-filter" in parts else "sort"
 
 
 def _sync(device: torch.device) -> None:

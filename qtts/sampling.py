@@ -170,6 +170,38 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.T
     return logits.masked_fill(logits < torch.maximum(kth_value, threshold), float("-inf"))
 
 
+def filter_pairwise(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                    kth: torch.Tensor | None = None) -> torch.Tensor:
+    """``filter_top_k_top_p`` without a sort, for compiled code on a GPU: each token's rank (how many logits lie
+    strictly above it) and the probability mass strictly above it come from all pairs of the row's tokens, a
+    few fused reductions of ``V * V`` terms instead of a sort per pick (the sort took 22 µs per pick on an H100).
+
+    The k-th largest logit is exact (the smallest logit with fewer than k above it), so top-k alone gives the
+    same logits bit for bit. A token survives the nucleus when the mass above it is below ``top_p``: what the
+    sorted form decides for the first token of each equal-logit run, with the mass summed in another order, so
+    a nucleus boundary within rounding of ``top_p`` may fall one run apart (``top_p >= 1``: no cut, exact).
+    Eager, the ``[B, V, V]`` terms are materialised (inductor fuses them into the reductions)."""
+    V = logits.shape[-1]
+    if kth is None:
+        kth = kth_index(top_k, V)
+    above = logits[:, None, :] > logits[:, :, None]  # [B, i, j]: token j's logit lies above token i's
+    rank = above.sum(-1)  # [B, V]
+    kth_value = torch.where(rank <= kth, logits, float("inf")).amin(dim=-1, keepdim=True)
+    masked = logits.masked_fill(logits < kth_value, float("-inf"))
+    probs = masked.softmax(dim=-1)
+    mass = torch.where(above, probs[:, None, :], 0.0).sum(-1)  # [B, V]: probability strictly above each token
+    keep = (mass < top_p[:, None]) | (top_p >= 1.0)[:, None] | (rank == 0)
+    threshold = torch.where(keep, masked, float("inf")).amin(dim=-1, keepdim=True)
+    return logits.masked_fill(logits < torch.maximum(kth_value, threshold), float("-inf"))
+
+
+# How compiled code filters on CUDA: "sort" (``filter_top_k_top_p``) or "pairwise" (``filter_pairwise``). Sorting
+# a pick's logits took 22 µs on an H100, 15 sorts per frame (0.33 ms of a 5.9 ms compiled frame; BENCHMARKS.md,
+# session 9); "pairwise" is not measured there yet (``bench/frame_speed.py`` mode part ``pairwise-filter``).
+# Eager code and CPUs always sort. Read when ``sample`` is traced.
+CUDA_FILTER = "sort"
+
+
 def sample(logits: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, steps: torch.Tensor,
            group: int, exponential: torch.Tensor | None = None) -> torch.Tensor:
     """Pick one token per row from processed ``logits [B, V]`` (float32): argmax where ``do_sample`` is
@@ -182,7 +214,10 @@ def sample(logits: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, s
     positive race value."""
     greedy = logits.argmax(dim=-1)
     scaled = logits / params.temperature[:, None]
-    filtered = filter_top_k_top_p(scaled, params.top_k, params.top_p, params.kth, params.always_kept)
+    if CUDA_FILTER == "pairwise" and logits.is_cuda and torch.compiler.is_compiling():
+        filtered = filter_pairwise(scaled, params.top_k, params.top_p, params.kth)
+    else:
+        filtered = filter_top_k_top_p(scaled, params.top_k, params.top_p, params.kth, params.always_kept)
     probs = filtered.softmax(dim=-1)
     if exponential is None:
         exponential = -torch.log(uniform_noise(seeds, steps, group, logits.shape[-1]))

@@ -16,9 +16,11 @@
 #   0b. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds);
 #   1. the GPU tests but the compiled one (CUDA graphs == eager, graphed codec chunk decode == eager);
 #   2. bench/frame_speed.py at the 0.6b shape, bfloat16, compile + CUDA graphs + fused + codec stream (the fastest
-#      set in session 9), then with the code predictor's compiled attention as plain products (`predictor-matmul`)
-#      and with torch's GQA call instead of stacked heads (`gqa`); B = 1 and 8, TTFA, x real time over 48 and 240
-#      frames (the first mode's codes are the reference);
+#      set in session 9), then with the code predictor's compiled attention as plain products (`predictor-matmul`),
+#      the sampling filter without a sort (`pairwise-filter`), both, and torch's GQA call instead of stacked heads
+#      (`gqa`); B = 1 and 8, TTFA, x real time over 48 and 240 frames (the first mode's codes are the reference;
+#      a variant that wins and keeps the codes becomes the default: qtts.accel.CUDA_ATTENTION,
+#      qtts.sampling.CUDA_FILTER, qtts.model.layers.STACK_GROUPED_HEADS);
 #   3. the compiled GPU test (compiles two batch buckets: 30-50 s each on an H100);
 #   4. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
 #   5. the same benchmark for CUDA graphs without compilation: `auto` (graphs, fused, codec stream), and with `gqa`.
@@ -70,11 +72,12 @@ step attention 30 python3 scripts/gpu_attention.py
 step gpu_tests 100 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
     tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
 C=compile+graphs+fused+codec-stream  # the fastest set measured (session 9); then its attention variants
-step frame_speed_compiled 300 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
-    --modes "$C,$C+predictor-matmul,$C+gqa" --batches 1,8 --frames 48 --long 240 --out "$OUT/frame_speed_compiled.json"
+step frame_speed_compiled 330 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
+    --modes "$C,$C+predictor-matmul,$C+pairwise-filter,$C+predictor-matmul+pairwise-filter,$C+gqa" --long 240 \
+    --out "$OUT/frame_speed_compiled.json"
 step gpu_test_compiled 120 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=3 -m gpu \
     tests/test_accel.py -k compiled
-step profile 90 python3 scripts/gpu_profile.py --shape 0.6b --mode "$C+predictor-matmul"
+step profile 90 python3 scripts/gpu_profile.py --shape 0.6b --mode "$C+predictor-matmul+pairwise-filter"
 step frame_speed 110 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
     --modes graphs+fused+codec-stream,graphs+fused+codec-stream+gqa --batches 1,8 --frames 48 --long 240 \
     --out "$OUT/frame_speed.json"

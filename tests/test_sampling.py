@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 
+from qtts import gemv
 from qtts.sampling import SamplingTensors, filter_top_k_top_p, process_code0_logits, sample, uniform_noise
 
 EOS, CODEBOOK, V = 2150, 2048, 3072
@@ -243,3 +247,39 @@ def test_compiled_frame_noise_makes_no_index_range():
     targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
     assert targets and not any("arange" in t for t in targets)
     assert all(torch.equal(a, b) for a, b in zip(got, frame_exponentials(*args), strict=True))
+
+
+def test_pairwise_filter_equals_the_textbook_cuts():
+    """The sort-free filter (compiled code on a GPU, ``CUDA_FILTER``): top-k exact whatever the ties; the nucleus
+    the same where no boundary lies within rounding of ``top_p`` (these rows: none does)."""
+    from qtts.sampling import filter_pairwise, kth_index
+
+    torch.manual_seed(1)
+    V, B = 257, 48
+    logits = torch.randn(B, V) * torch.linspace(0.1, 12, B)[:, None]
+    logits[::5, :30] = logits[::5, :1]
+    logits[1::5, 10:40] = logits[1::5, 9:10]
+    logits[2::5, V // 2:] = float("-inf")
+    top_k = torch.tensor([0, 1, 2, 7, 50, V, V + 3, 30] * 6)
+    top_p = torch.tensor([1.0, 0.95, 0.5, 1e-6, 0.9, 0.0] * 8)
+    expected = torch.stack([_textbook_filter(logits[i], int(top_k[i]), float(top_p[i])) for i in range(B)])
+    assert torch.equal(filter_pairwise(logits, top_k, top_p), expected)
+    assert torch.equal(filter_pairwise(logits, top_k, top_p, kth_index(top_k, V)), expected)
+    ones = torch.ones(B)  # no nucleus: top-k alone, exact
+    assert torch.equal(filter_pairwise(logits, top_k, ones), filter_top_k_top_p(logits, top_k, ones))
+
+
+@pytest.mark.skipif(not gemv.available(), reason="torch.compile (inductor) cannot build kernels here")
+def test_compiled_pairwise_filter_keeps_no_pairs_buffer():
+    """Compiled, the ``V * V`` pair terms are fused into the reductions, never stored (8 streams over the
+    talker's 3072 codes would be 75 M of them per pick)."""
+    from torch._inductor.utils import run_and_get_code
+
+    from qtts.sampling import filter_pairwise
+
+    V = 96
+    logits, top_k, top_p = torch.randn(3, V), torch.tensor([0, 5, 50]), torch.tensor([1.0, 0.9, 0.5])
+    out, code = run_and_get_code(torch.compile(filter_pairwise), logits, top_k, top_p)
+    assert torch.equal(out, filter_pairwise(logits, top_k, top_p))
+    sizes = re.findall(r"empty_strided_cpu\(\(([^)]*)\)", "\n".join(code))
+    assert sizes and not any(str(V * V) in s or f"{V}, {V}" in s for s in sizes), sizes
