@@ -343,26 +343,33 @@ class Engine:
                     except BaseException as e:  # delivered to the caller
                         future.set_exception(e)
             self._expire(now)
-            built = self._build_seconds()
+            built, started = self._builds(), time.perf_counter()
             try:
                 self._busy = runner.step()
             except Exception as e:
                 log.exception("frame step failed; failing the streams in the batch")
                 runner.fail_all(e)
                 self._busy = False
-            self._pause_wait_clocks(self._build_seconds() - built)
+            if self._builds() != built:  # this round built something: its time is not a wait for a slot
+                self._pause_wait_clocks(time.perf_counter() - started)
             for job in runner.live:
                 self._waiting_since.pop(id(job), None)
 
     _busy = False
 
-    def _build_seconds(self) -> float:
-        """Seconds this engine's runner spent so far on one-time warm-up, compilation and capture."""
+    def _builds(self) -> tuple[float, float, int]:
+        """What changes when a round builds something once: the runner's warm-up / capture seconds (frame step,
+        codec chunks) and the graphs ``torch.compile`` has made in this process (e.g. prefill regions compiled
+        for a new prompt length)."""
         step, chunks = self.runner.step_fn, self.runner.chunk_decoder
-        return step.capture_seconds + (chunks.capture_seconds if chunks is not None else 0.0)
+        try:
+            graphs = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+        except Exception:  # a torch without the counter: capture seconds alone
+            graphs = 0
+        return step.capture_seconds, chunks.capture_seconds if chunks is not None else 0.0, graphs
 
     def _pause_wait_clocks(self, seconds: float) -> None:
-        """Leave ``seconds`` of one-time building (a new batch bucket compiling: 30-50 s on an H100) out of the
+        """Leave a round that built something once (a batch bucket compiling: 25-45 s on an H100) out of the
         waiting requests' clocks: ``wait_timeout`` bounds the wait for a slot, not for the engine's warm-up."""
         if seconds > 0:
             for key in self._waiting_since:
