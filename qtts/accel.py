@@ -73,15 +73,28 @@ ACCEL_HELP = ("acceleration: auto (cuda-graphs,fused,codec-stream on CUDA, eager
               "decodes overlap the next frame), packed (CPU: weights reordered once for oneDNN; see qtts.packed)")
 
 
-def parse_accel(value: str | None, device: torch.device | str) -> AccelOptions:
+def check_device(options: AccelOptions, device: torch.device | str) -> AccelOptions:
+    """``options`` if each part it turns on works on ``device``, else an ``InputError`` naming the part: CUDA
+    graphs and the codec stream need CUDA; packed weights and row kernels are CPU products (on a GPU they would
+    do nothing)."""
+    kind = torch.device(device).type
+    needs = {"cuda-graphs": (options.cuda_graphs, "cuda"), "codec-stream": (options.codec_stream, "cuda"),
+             "packed": (options.packed, "cpu"), "row-kernels": (options.row_kernels, "cpu")}
+    for part, (on, wanted) in needs.items():
+        if on and kind != wanted:
+            raise InputError(f"accel {part} needs a {wanted.upper()} device; the model is on {kind}")
+    return options
+
+
+def parse_accel(value: str | None, device: torch.device | str | None) -> AccelOptions:
     """Options for an ``--accel`` value: ``auto`` (or None), ``eager``, or a comma-separated set of
     ``compile``, ``cuda-graphs``, ``row-kernels``, ``fused``, ``codec-stream``, ``packed``. ``auto`` means
     ``cuda-graphs,fused,codec-stream`` on a CUDA device (the fastest set that builds in about a second; each part
-    measured faster on an H100, BENCHMARKS.md), else eager."""
-    device = torch.device(device)
+    measured faster on an H100, BENCHMARKS.md), else eager. Each part is checked against ``device``
+    (``check_device``); ``device=None`` checks the form only."""
     text = "auto" if value is None else str(value).strip().lower()
     if text == "auto":
-        cuda = device.type == "cuda"
+        cuda = device is not None and torch.device(device).type == "cuda"
         return AccelOptions(cuda_graphs=cuda, fused=cuda, codec_stream=cuda)
     if text == "eager":
         return AccelOptions()
@@ -90,11 +103,10 @@ def parse_accel(value: str | None, device: torch.device | str) -> AccelOptions:
     if unknown or not parts:
         raise InputError(f"unknown accel {value!r}: use auto, eager, or a comma-separated set of "
                          f"{', '.join(ACCEL_PARTS)}")
-    if "cuda-graphs" in parts and device.type != "cuda":
-        raise InputError(f"accel cuda-graphs needs a CUDA device; the model is on {device.type}")
-    return AccelOptions(compile="compile" in parts, cuda_graphs="cuda-graphs" in parts,
-                        row_kernels="row-kernels" in parts, fused="fused" in parts,
-                        codec_stream="codec-stream" in parts, packed="packed" in parts)
+    options = AccelOptions(compile="compile" in parts, cuda_graphs="cuda-graphs" in parts,
+                           row_kernels="row-kernels" in parts, fused="fused" in parts,
+                           codec_stream="codec-stream" in parts, packed="packed" in parts)
+    return options if device is None else check_device(options, device)
 
 
 STATIC = Kernels(fixed_span=True)

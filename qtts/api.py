@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .accel import AccelOptions, make_frame_step, parse_accel
+from .accel import AccelOptions, check_device, make_frame_step, parse_accel
 from .codec.chunks import make_chunk_decoder
 from .codec.tokenizer import SpeechTokenizer
 from .config import GenerationConfig, ModelConfig, SpeechTokenizerConfig, read_json
@@ -134,8 +134,7 @@ class TTS:
 
     def set_accel(self, options: AccelOptions) -> None:
         """``accelerate`` with an ``AccelOptions`` value (e.g. from ``qtts.accel.parse_accel``)."""
-        if options.cuda_graphs and self.device.type != "cuda":
-            raise InputError(f"CUDA graphs need a CUDA device; this model is on {self.device.type}")
+        check_device(options, self.device)
         with self._runners_lock:
             self.accel = options
             self._runners = {}

@@ -100,8 +100,10 @@ def test_pipelined_runner_equals_synchronous(tiny_checkpoints, kind):
 def test_accelerate_validation(tiny_tts):
     tts = tiny_tts["custom_voice"]
     if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="CUDA graphs"):
+        with pytest.raises(InputError, match="cuda-graphs needs a CUDA device; the model is on cpu"):
             tts.accelerate(cuda_graphs=True)
+        with pytest.raises(InputError, match="codec-stream needs a CUDA device"):
+            tts.accelerate(codec_stream=True)
     with pytest.raises(InputError, match="max_frames"):
         tts.accelerate(compile=True, max_frames=3)
     assert not tts.accel.static

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qtts import TTS, InputError, Sampling, Speaker, SynthesisOptions, gemv, quant
-from qtts.accel import parse_accel
+from qtts.accel import AccelOptions, parse_accel
 from qtts.quant import Int8Linear
 
 needs_kernels = pytest.mark.skipif(not gemv.available(), reason="torch.compile (inductor) cannot build kernels here")
@@ -133,6 +133,13 @@ def test_parse_accel():
     assert opts.compile and opts.row_kernels and not opts.cuda_graphs
     with pytest.raises(InputError, match="cuda-graphs needs a CUDA device"):
         parse_accel("cuda-graphs", "cpu")
+    # Parts that would do nothing on the device are refused, naming the part; no device: the form alone.
+    for part, device, wanted in (("codec-stream", "cpu", "CUDA"), ("packed", "cuda", "CPU"),
+                                 ("row-kernels", "cuda", "CPU"), ("compile,packed", "cuda", "CPU")):
+        with pytest.raises(InputError, match=f"accel {part.split(',')[-1]} needs a {wanted} device"):
+            parse_accel(part, device)
+    assert parse_accel("cuda-graphs,packed", None) == AccelOptions(cuda_graphs=True, packed=True)
+    assert parse_accel("auto", None) == AccelOptions()
     for bad in ("fast", "", "compile,warp"):
         with pytest.raises(InputError, match="unknown accel"):
             parse_accel(bad, "cpu")

@@ -73,5 +73,5 @@ class ServerSettings:
         if not isinstance(self.warmup, bool):
             raise InputError(f"warmup must be true or false, got {self.warmup!r}")
         if self.accel is not None:
-            parse_accel(self.accel, "cuda")  # the form only; the device is checked when the model is loaded
+            parse_accel(self.accel, None)  # the form only; the device is checked when the model is loaded
         object.__setattr__(self, "data_dir", Path(self.data_dir))
