@@ -519,3 +519,28 @@ def test_region_attention_per_device(monkeypatch):
     monkeypatch.setitem(accel.CUDA_ATTENTION, "talker", "flash")
     with pytest.raises(ValueError, match="CUDA_ATTENTION"):
         accel.region_attention("cuda")
+
+
+@cuda
+@pytest.mark.gpu
+def test_pairwise_filter_on_cuda_picks_what_the_sort_picks(monkeypatch):
+    """``sampling.CUDA_FILTER = "pairwise"``: compiled ``sample`` on CUDA filters without a sort and picks the
+    tokens the eager, sorting one picks (top-k of every kind, ties, no nucleus: exact)."""
+    from qtts import sampling
+
+    torch.manual_seed(0)
+    B, V = 8, 2048
+    logits = torch.randn(B, V) * 3
+    logits[1, :60] = logits[1, 0]  # ties at the k-th value
+    dev = torch.device("cuda")
+    params = sampling.SamplingTensors(torch.ones(B, dtype=torch.bool, device=dev), torch.full((B,), 0.9, device=dev),
+                                      torch.tensor([50, 50, 0, 1, 2, V, V + 5, 7], device=dev),
+                                      torch.ones(B, device=dev))
+    seeds, steps = torch.arange(B, device=dev) * 31, torch.arange(B, device=dev) + 4
+    race = sampling.group_exponential(seeds, steps, 1, 3, V)
+    monkeypatch.setattr(sampling, "CUDA_FILTER", "pairwise")
+    torch._dynamo.reset()
+    compiled = torch.compile(sampling.sample)
+    for g in range(3):
+        expected = sampling.sample(logits.to(dev), params, seeds, steps, g + 1, race[:, g])
+        assert torch.equal(compiled(logits.to(dev), params, seeds, steps, g + 1, race[:, g]), expected)
