@@ -71,7 +71,7 @@ EOF
 step attention 30 python3 scripts/gpu_attention.py
 step gpu_tests 100 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
     tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
-C=compile+graphs+fused+codec-stream  # the fastest set measured (session 9); then its attention variants
+C=compile+graphs+fused+codec-stream  # the fastest set measured (session 9); then the variants
 step frame_speed_compiled 330 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
     --modes "$C,$C+predictor-matmul,$C+pairwise-filter,$C+predictor-matmul+pairwise-filter,$C+gqa" --long 240 \
     --out "$OUT/frame_speed_compiled.json"
