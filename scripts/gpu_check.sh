@@ -23,7 +23,8 @@
 #      qtts.sampling.CUDA_FILTER, qtts.model.layers.STACK_GROUPED_HEADS);
 #   3. the compiled GPU test (compiles two batch buckets: 30-50 s each on an H100);
 #   4. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
-#   5. the same benchmark for CUDA graphs without compilation: `auto` (graphs, fused, codec stream), and with `gqa`.
+#   5. the same benchmark for CUDA graphs without compilation: `auto` (graphs, fused, codec stream), and with `gqa`;
+#      also 32 streams (the server's max_batch is 8 on every device: does a GPU want more?).
 # Session 9 measured the rest: eager ~150 ms per frame, graphs 10.9 ms, graphs + fused 9.4 ms (BENCHMARKS.md).
 # The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
 #   make the checkpoint (python3 -m qtts.cli make-checkpoint --shape 0.6b --kind custom_voice --seed 1 --out
@@ -79,7 +80,7 @@ step gpu_test_compiled 120 python3 -m pytest -q -rs -p no:cacheprovider --tb=sho
     tests/test_accel.py -k compiled
 step profile 90 python3 scripts/gpu_profile.py --shape 0.6b --mode "$C+predictor-matmul+pairwise-filter"
 step frame_speed 110 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
-    --modes graphs+fused+codec-stream,graphs+fused+codec-stream+gqa --batches 1,8 --frames 48 --long 240 \
+    --modes graphs+fused+codec-stream,graphs+fused+codec-stream+gqa --batches 1,8,32 --frames 48 --long 240 \
     --out "$OUT/frame_speed.json"
 echo "done at +$(( $(date +%s) - START ))s" | tee -a "$LOG"
 grep -E "^== |ms/frame|passed|failed|error|Error|x_realtime" "$LOG" | tail -n 60
