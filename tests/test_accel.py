@@ -156,6 +156,23 @@ def test_cuda_graphs_equal_eager(tiny_checkpoints):
 
 @cuda
 @pytest.mark.gpu
+def test_auto_on_cuda_equals_eager(tiny_checkpoints):
+    """``auto`` on CUDA (graphs, fused projections, the codec on its own stream), float32: eager's codes and
+    audio (3 streams in a bucket of 4, pipelined)."""
+    import dataclasses
+
+    from qtts.accel import parse_accel
+
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cuda")
+    expected = _run(tts, 1)
+    auto = parse_accel("auto", tts.device)
+    assert auto.cuda_graphs and auto.fused and auto.codec_stream
+    tts.set_accel(dataclasses.replace(auto, max_frames=128))
+    _compare(_run(tts, 4), expected, 1e-4)
+
+
+@cuda
+@pytest.mark.gpu
 def test_compiled_cuda_graphs_equal_eager(tiny_checkpoints):
     """Two slots (buckets 1 and 2): compiling takes 30-50 s per bucket on an H100, and three buckets ran past
     the device check's time."""
