@@ -129,11 +129,13 @@ def _regions(talker: Talker) -> list[torch.nn.Module]:
 
 # Attention inside compiled regions, per decoder: "matmul" (``matmul_attention``: plain products and a softmax,
 # which inductor fuses with their neighbours) or "sdpa" (torch's fused kernel). On CPU both decoders take
-# "matmul" (torch's SDPA is an opaque ~40-100 µs call there for one query). On CUDA the fused kernel stays until
-# the other is measured faster: the code predictor attends over at most 16 slots, yet an H100 spent ~10 µs per
-# cuDNN call on it (BENCHMARKS.md, session 9). ``bench/frame_speed.py`` A/Bs it (mode parts ``predictor-matmul``,
-# ``talker-matmul``). Read when a compiled frame step is made.
-CUDA_ATTENTION: dict[str, str] = {"talker": "sdpa", "predictor": "sdpa"}
+# "matmul" (torch's SDPA is an opaque ~40-100 µs call there for one query). On CUDA the code predictor, which
+# attends over at most 16 slots, takes "matmul": an H100 spent ~8 µs per cuDNN call on it, and "matmul" took the
+# compiled frame from 6.03 to 5.68 ms (1 stream) and 6.22 to 5.87 ms (8; BENCHMARKS.md, session 10). The talker
+# keeps the fused kernel (its cache spans up to thousands of slots). ``bench/frame_speed.py`` A/Bs both (mode
+# parts ``predictor-matmul`` / ``predictor-sdpa``, ``talker-matmul`` / ``talker-sdpa``). Read when a compiled
+# frame step is made.
+CUDA_ATTENTION: dict[str, str] = {"talker": "sdpa", "predictor": "matmul"}
 
 
 def region_attention(device_type: str) -> dict[str, str]:

@@ -195,11 +195,23 @@ def filter_pairwise(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tens
     return logits.masked_fill(logits < torch.maximum(kth_value, threshold), float("-inf"))
 
 
-# How compiled code filters on CUDA: "sort" (``filter_top_k_top_p``) or "pairwise" (``filter_pairwise``). Sorting
-# a pick's logits took 22 µs on an H100, 15 sorts per frame (0.33 ms of a 5.9 ms compiled frame; BENCHMARKS.md,
-# session 9); "pairwise" is not measured there yet (``bench/frame_speed.py`` mode part ``pairwise-filter``).
-# Eager code and CPUs always sort. Read when ``sample`` is traced.
-CUDA_FILTER = "sort"
+# How compiled code filters on CUDA: "sort" (``filter_top_k_top_p``), "pairwise" (``filter_pairwise``) or "auto":
+# pairwise for batches of at most ``PAIRWISE_MAX_ROWS`` rows, else sort. On an H100 (BENCHMARKS.md, session 10)
+# pairwise took one stream's compiled frame from 6.03 to 5.47 ms, but 8 streams' from 6.22 to 6.88 ms (its V * V
+# terms grow with the rows; a sort took 22 µs per pick whatever the rows). Eager code and CPUs always sort. Read
+# when ``sample`` is traced (a batch bucket's size is fixed there).
+CUDA_FILTER = "auto"
+PAIRWISE_MAX_ROWS = 1
+
+
+def uses_pairwise(rows: int, cuda_compiled: bool) -> bool:
+    """Whether ``sample`` filters a batch of ``rows`` without a sort (``CUDA_FILTER``): only in compiled code on
+    CUDA (``cuda_compiled``)."""
+    if CUDA_FILTER not in ("sort", "pairwise", "auto"):
+        raise ValueError(f"sampling.CUDA_FILTER must be 'sort', 'pairwise' or 'auto', not {CUDA_FILTER!r}")
+    if not cuda_compiled:
+        return False
+    return CUDA_FILTER == "pairwise" or (CUDA_FILTER == "auto" and rows <= PAIRWISE_MAX_ROWS)
 
 
 def sample(logits: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, steps: torch.Tensor,
@@ -214,7 +226,7 @@ def sample(logits: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, s
     positive race value."""
     greedy = logits.argmax(dim=-1)
     scaled = logits / params.temperature[:, None]
-    if CUDA_FILTER == "pairwise" and logits.is_cuda and torch.compiler.is_compiling():
+    if uses_pairwise(logits.shape[0], logits.is_cuda and torch.compiler.is_compiling()):
         filtered = filter_pairwise(scaled, params.top_k, params.top_p, params.kth)
     else:
         filtered = filter_top_k_top_p(scaled, params.top_k, params.top_p, params.kth, params.always_kept)

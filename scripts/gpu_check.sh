@@ -74,11 +74,11 @@ step gpu_tests 100 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gp
     tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
 C=compile+graphs+fused+codec-stream  # the fastest set measured (session 9); then the variants
 step frame_speed_compiled 330 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
-    --modes "$C,$C+predictor-matmul,$C+pairwise-filter,$C+predictor-matmul+pairwise-filter,$C+gqa" --long 240 \
+    --modes "${GPU_SPEED_MODES:-$C,$C+stacked-heads+predictor-sdpa+sort-filter}" --long 240 \
     --out "$OUT/frame_speed_compiled.json"
 step gpu_test_compiled 120 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=3 -m gpu \
     tests/test_accel.py -k compiled
-step profile 90 python3 scripts/gpu_profile.py --shape 0.6b --mode "$C+predictor-matmul+pairwise-filter"
+step profile 90 python3 scripts/gpu_profile.py --shape 0.6b --mode "$C"
 step frame_speed 110 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
     --modes graphs+fused+codec-stream,graphs+fused+codec-stream+gqa --batches 1,8,32 --frames 48 --long 240 \
     --out "$OUT/frame_speed.json"

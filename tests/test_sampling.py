@@ -269,6 +269,23 @@ def test_pairwise_filter_equals_the_textbook_cuts():
     assert torch.equal(filter_pairwise(logits, top_k, ones), filter_top_k_top_p(logits, top_k, ones))
 
 
+def test_filter_choice_per_batch_size(monkeypatch):
+    """``CUDA_FILTER = "auto"`` (the default): compiled code on CUDA filters one stream's picks without a sort
+    (faster there) and a batch's with one (the pair terms grow with the rows); eager code and CPUs always sort."""
+    from qtts import sampling
+
+    assert sampling.CUDA_FILTER == "auto" and sampling.PAIRWISE_MAX_ROWS == 1
+    assert sampling.uses_pairwise(1, True) and not sampling.uses_pairwise(2, True)
+    assert not sampling.uses_pairwise(1, False)
+    monkeypatch.setattr(sampling, "CUDA_FILTER", "pairwise")
+    assert sampling.uses_pairwise(8, True) and not sampling.uses_pairwise(8, False)
+    monkeypatch.setattr(sampling, "CUDA_FILTER", "sort")
+    assert not sampling.uses_pairwise(1, True)
+    monkeypatch.setattr(sampling, "CUDA_FILTER", "pairs")
+    with pytest.raises(ValueError, match="CUDA_FILTER"):
+        sampling.uses_pairwise(1, False)
+
+
 @pytest.mark.skipif(not gemv.available(), reason="torch.compile (inductor) cannot build kernels here")
 def test_compiled_pairwise_filter_keeps_no_pairs_buffer():
     """Compiled, the ``V * V`` pair terms are fused into the reductions, never stored (8 streams over the

@@ -120,6 +120,7 @@ def test_lock_without_a_clone_model_and_clone_routing_errors(tiny_tts, tmp_path:
         (np.sin(np.arange(24000) / 10).astype(np.float32) * 0.3, 24000), "Hello there."))
     state = ServerState.create(ServerSettings(kind="voice_design", data_dir=data_dir), tts=tiny_tts["voice_design"])
     assert state.clone_engine is None
+    assert state.engine.config.max_batch == 8  # no --max-batch, on CPU
     with TestClient(create_app(state)) as client:
         resp = client.post("/v1/audio/voices", json={"name": "l", "description": "Hi.", "lock": True})
         assert resp.status_code == 400 and resp.json()["error"]["param"] == "lock"
@@ -196,7 +197,7 @@ def test_metrics_report_both_engines_and_observe_clone_streams(tiny_tts, tmp_pat
         for engine in ("main", "clone"):
             assert lines[f'qtts_active_streams{{engine="{engine}"}}'] == "0"
             assert lines[f'qtts_queued_streams{{engine="{engine}"}}'] == "0"
-            assert lines[f'qtts_max_batch{{engine="{engine}"}}'] == str(state.settings.max_batch)
+            assert lines[f'qtts_max_batch{{engine="{engine}"}}'] == "8"  # no --max-batch, on CPU
             assert lines[f'qtts_frame_steps_total{{engine="{engine}"}}'] == "0"
         assert "qtts_active_streams" not in lines  # no unlabelled gauge any more
         with httpx.Client(timeout=60) as http, http.stream("POST", url + "/v1/audio/speech", json=body) as live:

@@ -68,16 +68,18 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
     return x * cos + torch.cat((x2, x1), dim=-1) * signed_sin
 
 
-# On CUDA, grouped query heads go to SDPA stacked per KV head (``grouped_attention``). False: torch's own GQA
-# call (``enable_gqa``), for benchmarks (``bench/frame_speed.py`` mode part ``gqa``): torch 2.11 on an H100 ran
-# that one in cuDNN too (scripts/gpu_attention.py), where older versions fell back to the math path.
-STACK_GROUPED_HEADS = True
+# On CUDA, grouped query heads go to torch's own GQA call (``enable_gqa``). True: stacked per KV head first
+# (``grouped_attention``), for torch versions whose GQA call with a mask fell back to the math path. On an H100
+# with torch 2.11, cuDNN serves the GQA call (scripts/gpu_attention.py: 62 µs against 121 µs stacked for a talker
+# step, same result) and it took the compiled frame from 6.03 to 5.47 ms and the graphed one from 9.38 to 8.77 ms
+# (BENCHMARKS.md, session 10). ``bench/frame_speed.py`` mode parts ``gqa`` / ``stacked-heads``.
+STACK_GROUPED_HEADS = False
 
 
 def sdpa_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``q [B, H, S, D]`` over ``keys``/``values`` ``[B, H_kv, K, D]`` (``H`` a multiple of ``H_kv``) with
     ``mask [B or 1, 1, S, K]`` (bool, True = may attend, or additive: 0 / -inf) -> ``[B, H, S, D]``: torch's
-    fused kernel (the reference). On CUDA through ``grouped_attention``."""
+    fused kernel (the reference). On CUDA through ``grouped_attention`` where ``STACK_GROUPED_HEADS`` says so."""
     if q.is_cuda and STACK_GROUPED_HEADS and q.shape[1] != keys.shape[1]:
         return grouped_attention(q, keys, values, mask)
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)

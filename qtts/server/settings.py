@@ -15,23 +15,30 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("QTTS_HOME", Path.home() / ".cache" / "qtts")) / "voices"
 
 
+def default_max_batch(device_type: str) -> int:
+    """Streams one engine advances together when ``--max-batch`` is not given: 32 on CUDA (an H100 ran 32
+    graphed 0.6b streams at 12.5 ms per frame against 11.1 ms for 8: 3.5 x the audio per second; BENCHMARKS.md,
+    session 10), 8 elsewhere (a CPU's frame time grows with the batch)."""
+    return 32 if device_type == "cuda" else 8
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
     """Server configuration.
 
     ``model``: checkpoint folder or Hugging Face repo id (None: the offline tiny demo checkpoint of ``kind``);
-    ``clone_model``: an optional Base checkpoint loaded beside ``model`` (same device, dtype and quantization)
-    that speaks clone voices — locked designed voices, saved clones — when ``model`` is not a Base one;
-    ``device`` / ``dtype`` / ``quantize``: as ``TTS.from_pretrained``; ``api_key``: when set, ``/v1/*`` needs
-    ``Authorization: Bearer <api_key>``; ``max_input_chars``: longest ``input`` (and WebSocket utterance);
-    ``max_upload_bytes``: largest request body (voice uploads); ``max_batch`` / ``max_waiting`` /
-    ``wait_timeout``: the engine's admission control (streams per frame step, requests queued for a slot,
-    seconds a request may wait for one); ``text_timeout``: seconds a WebSocket utterance may wait for its next
-    text before it is cancelled (an idle client must not hold a batch slot forever); ``data_dir``: the voice
-    library folder; ``model_name``: the name reported by ``/v1/models`` (default: the checkpoint folder's name);
-    ``accel``: the models' acceleration, as ``qtts.accel.parse_accel`` (None: ``auto`` for a model the server
-    loads; a model handed in keeps its own); ``warmup``: with a static frame step (compile / CUDA graphs),
-    build every batch bucket before serving (``Engine.warm_up``), so that no request waits for compilation.
+    ``clone_model``: an optional Base checkpoint loaded beside ``model`` (same device, dtype and quantization) that
+    speaks clone voices — locked designed voices, saved clones — when ``model`` is not a Base one; ``device`` /
+    ``dtype`` / ``quantize``: as ``TTS.from_pretrained``; ``api_key``: when set, ``/v1/*`` needs ``Authorization:
+    Bearer <api_key>``; ``max_input_chars``: longest ``input`` (and WebSocket utterance); ``max_upload_bytes``:
+    largest request body (voice uploads); ``max_batch`` / ``max_waiting`` / ``wait_timeout``: the engine's admission
+    control (streams per frame step, requests queued for a slot, seconds a request may wait for one; ``max_batch``
+    None: ``default_max_batch`` of the model's device); ``text_timeout``: seconds a WebSocket utterance may wait for
+    its next text before it is cancelled (an idle client must not hold a batch slot forever); ``data_dir``: the
+    voice library folder; ``model_name``: the name reported by ``/v1/models`` (default: the checkpoint folder's
+    name); ``accel``: the models' acceleration, as ``qtts.accel.parse_accel`` (None: ``auto`` for a model the server
+    loads; a model handed in keeps its own); ``warmup``: with a static frame step (compile / CUDA graphs), build
+    every batch bucket before serving (``Engine.warm_up``), so that no request waits for compilation.
     """
 
     model: str | None = None
@@ -45,7 +52,7 @@ class ServerSettings:
     api_key: str | None = None
     max_input_chars: int = 4096
     max_upload_bytes: int = 20 * 1024 * 1024
-    max_batch: int = 8
+    max_batch: int | None = None
     max_waiting: int = 64
     wait_timeout: float = 30.0
     text_timeout: float = 60.0
@@ -57,6 +64,8 @@ class ServerSettings:
     def __post_init__(self) -> None:
         for name in ("max_input_chars", "max_upload_bytes", "max_batch", "max_waiting"):
             value = getattr(self, name)
+            if name == "max_batch" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:

@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..voices import Clone, Voice
 from .metrics import Metrics
 from .models import ModelIds, source_names
-from .settings import ServerSettings
+from .settings import ServerSettings, default_max_batch
 
 log = logging.getLogger("qtts.server")
 
@@ -91,7 +91,8 @@ class ServerState:
         for model_tts, loaded in ((tts, source_loaded), (clone_tts, clone_loaded)):
             if model_tts is not None and (loaded or settings.accel is not None):
                 model_tts.set_accel(parse_accel(settings.accel, model_tts.device))
-        config = EngineConfig(settings.max_batch, settings.max_waiting, settings.wait_timeout)
+        max_batch = settings.max_batch or default_max_batch(tts.device.type)
+        config = EngineConfig(max_batch, settings.max_waiting, settings.wait_timeout)
         ids = ModelIds.build(name, source, settings.clone_model, has_clone=clone_tts is not None)
         engine = Engine(tts, config)
         clone_engine = Engine(clone_tts, config) if clone_tts is not None else None
