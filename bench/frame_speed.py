@@ -15,8 +15,9 @@ Builds a random-weight model of a real shape in memory (``qtts.checkpoint.random
 Usage: ``python bench/frame_speed.py --shape 0.6b --device cuda --dtype bfloat16 --modes eager,graphs,graphs+fused``
 (a mode is ``eager`` or parts joined by ``+``: compile, graphs, fused, row-kernels, codec-stream, and the internal
 variants predictor-matmul / -sdpa, talker-matmul / -sdpa (how compiled blocks attend: plain products or torch's
-fused kernel), gqa / stacked-heads (torch's GQA call, or query heads stacked per KV head) and pairwise-filter /
-sort-filter (how compiled sampling filters); a mode without a variant part takes the library's default).
+fused kernel), gqa / stacked-heads (torch's GQA call, or query heads stacked per KV head), pairwise-filter /
+sort-filter (how compiled sampling filters), row-products / linear-products (how compiled regions multiply one or
+two rows) and autotune (inductor's max_autotune_gemm); a mode without a variant part takes the library's default).
 Absolute times only mean something on a GPU; on CPU compare modes within one run.
 """
 
@@ -47,9 +48,12 @@ VARIANTS = {
     "talker-matmul": ("talker", "matmul"), "talker-sdpa": ("talker", "sdpa"),
     "gqa": ("stack", False), "stacked-heads": ("stack", True),
     "pairwise-filter": ("filter", "pairwise"), "sort-filter": ("filter", "sort"),
+    "row-products": ("products", "rows"), "linear-products": ("products", "linear"),
+    "autotune": ("options", {"max_autotune_gemm": True}),
 }
 DEFAULTS = {"predictor": accel.CUDA_ATTENTION["predictor"], "talker": accel.CUDA_ATTENTION["talker"],
-            "stack": layers.STACK_GROUPED_HEADS, "filter": sampling.CUDA_FILTER}
+            "stack": layers.STACK_GROUPED_HEADS, "filter": sampling.CUDA_FILTER, "products": accel.CUDA_PRODUCTS,
+            "options": dict(accel.CUDA_COMPILE_OPTIONS)}
 
 
 def mode_options(mode: str, device: torch.device) -> AccelOptions:
@@ -66,6 +70,8 @@ def use_variants(mode: str) -> None:
     accel.CUDA_ATTENTION.update(talker=choice["talker"], predictor=choice["predictor"])
     layers.STACK_GROUPED_HEADS = choice["stack"]
     sampling.CUDA_FILTER = choice["filter"]
+    accel.CUDA_PRODUCTS = choice["products"]
+    accel.CUDA_COMPILE_OPTIONS = dict(choice["options"])
 
 
 def _sync(device: torch.device) -> None:

@@ -28,6 +28,7 @@ import time
 import torch
 
 from .errors import InputError
+from .gemv import use_row_kernels_
 from .generate import EAGER, FrameState, Kernels, decode_frame
 from .model.layers import matmul_attention
 from .model.talker import Talker
@@ -138,6 +139,27 @@ def _regions(talker: Talker) -> list[torch.nn.Module]:
 CUDA_ATTENTION: dict[str, str] = {"talker": "sdpa", "predictor": "matmul"}
 
 
+# How compiled regions multiply on CUDA: "linear" (cuBLAS, through torch's linear) or "rows" (one or two activation
+# rows as the Triton reductions inductor writes: ``qtts.gemv``, ``CUDA_MAX_ROWS``). An H100 spent 2.5 ms of a
+# 4.8 ms compiled frame in one-row cuBLAS products at ~45 % of its memory bandwidth (BENCHMARKS.md, session 10);
+# "rows" is not measured there yet (``bench/frame_speed.py`` mode part ``row-products``). Read when a compiled
+# frame step is made.
+CUDA_PRODUCTS = "linear"
+# Inductor options for the compiled regions on CUDA, e.g. ``{"max_autotune_gemm": True}`` (inductor times
+# Triton templates against cuBLAS for every product shape: slower to build; ``bench/frame_speed.py`` mode part
+# ``autotune``). Empty: inductor's defaults.
+CUDA_COMPILE_OPTIONS: dict[str, object] = {}
+
+
+def region_products(device_type: str) -> str:
+    """How compiled regions multiply on a device type (see ``CUDA_PRODUCTS``; CPUs: as ``row_kernels`` says)."""
+    if device_type != "cuda":
+        return "linear"
+    if CUDA_PRODUCTS not in ("linear", "rows"):
+        raise ValueError(f"CUDA_PRODUCTS must be 'linear' or 'rows', not {CUDA_PRODUCTS!r}")
+    return CUDA_PRODUCTS
+
+
 def region_attention(device_type: str) -> dict[str, str]:
     """The attention each decoder's compiled blocks use on a device type (see ``CUDA_ATTENTION``)."""
     if device_type == "cpu":
@@ -157,13 +179,17 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
     everywhere; undone by ``uncompile_regions``), and int8 layers choose their kernel before any trace."""
     # Region shapes: talker prefill / frame sequence lengths, predictor first / later steps, batch buckets.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-    kinds = region_attention(talker.codec_head.weight.device.type)
+    device_type = talker.codec_head.weight.device.type
+    kinds = region_attention(device_type)
     for name, blocks in (("talker", talker.model.layers), ("predictor", talker.code_predictor.model.layers)):
         if kinds[name] == "matmul":
             for block in blocks:
                 block.self_attn.attend = matmul_attention
+    if region_products(device_type) == "rows":
+        use_row_kernels_(talker, True)  # until the next ``set_accel``
+    options = dict(CUDA_COMPILE_OPTIONS) if device_type == "cuda" and CUDA_COMPILE_OPTIONS else None
     for region in _regions(talker):
-        region.compile(backend=backend)
+        region.compile(backend=backend, options=options)
     for layer in talker.modules():
         if isinstance(layer, Int8Linear):
             layer.uses_int8pack()  # decide the kernel now, outside any trace

@@ -126,23 +126,40 @@ MAX_ROWS_OTHER = 2
 MAX_WIDTH = {torch.int8: 4096, torch.bfloat16: 8192}
 
 
-def _cpu_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
+# On CUDA the kernel is only traced into compiled regions, where inductor writes each product as one Triton
+# reduction over the weight with its neighbours (norm, activation, residual) fused in, instead of a cuBLAS call:
+# ``accel.CUDA_PRODUCTS = "rows"`` (not the default until measured faster on a GPU: ``bench/frame_speed.py`` mode
+# part ``row-products``). Up to two rows: a single stream's talker step and the code predictor's first step.
+CUDA_MAX_ROWS = 2
+
+
+def cuda_rows(rows: int, compiling: bool) -> bool:
+    """Whether a CUDA product of ``rows`` activation rows goes through the kernel (compiled code only)."""
+    return compiling and 1 <= rows <= CUDA_MAX_ROWS
+
+
+def _routed_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the product of ``x [..., K]`` with ``weight`` goes through the kernel."""
-    if not (x.is_cpu and weight.is_cpu and weight.numel() >= MIN_WEIGHTS) or x.shape[-1] == 0:
+    if weight.numel() < MIN_WEIGHTS or x.shape[-1] == 0:
         return False
     rows = x.numel() // x.shape[-1]
+    if x.is_cuda and weight.is_cuda:
+        return cuda_rows(rows, torch.compiler.is_compiling())
+    if not (x.is_cpu and weight.is_cpu):
+        return False
     width = MAX_WIDTH.get(weight.dtype)
     return 1 <= rows <= MAX_ROWS.get(weight.dtype, MAX_ROWS_OTHER) and (width is None or x.numel() <= width)
 
 
 def _routed_forward(self: nn.Linear | Int8Linear, x: torch.Tensor) -> torch.Tensor:
     """``forward`` of a routed layer: with row kernels on, a few CPU rows (``MAX_ROWS``) through the row kernel
-    (inlined into the graph inside a compiled region, e.g. ``accelerate(compile=True)``); anything else through
+    (inlined into the graph inside a compiled region, e.g. ``accelerate(compile=True)``), or on CUDA a compiled
+    region's one or two rows (``CUDA_MAX_ROWS``); anything else through
     ``qtts.packed.linear`` if the weight is packed, else the layer's own ``forward``."""
     int8 = isinstance(self, Int8Linear)
     weight = self.weight_int8 if int8 else self.weight
     compiling = torch.compiler.is_compiling()
-    if not (self.__dict__.get("row_kernels") and _cpu_rows(x, weight) and (compiling or _kernels().check())):
+    if not (self.__dict__.get("row_kernels") and _routed_rows(x, weight) and (compiling or _kernels().check())):
         if not int8 and self.__dict__.get("packed"):
             return packed.linear(x, weight, self.bias)
         return (Int8Linear if int8 else nn.Linear).forward(self, x)

@@ -13,25 +13,27 @@
 # Steps, most important first, each with a time cap inside one overall deadline (a step cut short keeps what
 # it wrote):
 #   0. smoke: import qtts, one tiny synthesis on CUDA (stops the run early if this fails);
-#   0b. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds);
-#   1. the GPU tests but the compiled one (CUDA graphs == eager, graphed codec chunk decode == eager);
-#   2. bench/frame_speed.py at the 0.6b shape, bfloat16, compile + CUDA graphs + fused + codec stream (the fastest
-#      set in session 9), then with the code predictor's compiled attention as plain products (`predictor-matmul`),
-#      the sampling filter without a sort (`pairwise-filter`), both, and torch's GQA call instead of stacked heads
-#      (`gqa`); B = 1 and 8, TTFA, x real time over 48 and 240 frames (the first mode's codes are the reference;
-#      a variant that wins and keeps the codes becomes the default: qtts.accel.CUDA_ATTENTION,
-#      qtts.sampling.CUDA_FILTER, qtts.model.layers.STACK_GROUPED_HEADS);
-#   3. the compiled GPU test (compiles two batch buckets: 30-50 s each on an H100);
+#   1. the GPU tests but the compiled ones (CUDA graphs == eager, graphed codec chunk decode == eager, `auto` ==
+#      eager, the sort-free filter == the sort);
+#   2. the compiled GPU tests: compile + graphs == eager with session 10's defaults (GQA call, the predictor's
+#      plain-product attention, the sort-free filter for one row; never run on a GPU yet), and with the products
+#      as row reductions (`accel.CUDA_PRODUCTS = "rows"`); 30-50 s of compilation per batch bucket;
+#   3. bench/frame_speed.py at the 0.6b shape, bfloat16: compile + CUDA graphs + fused + codec stream (session 10:
+#      5.26 ms per frame, 14.6x real time), then with the products as Triton row reductions (`row-products`), and
+#      with inductor's GEMM autotuning (`autotune`: slow to build, last so that a cut run keeps the others);
+#      B = 1 and 8, TTFA, x real time over 48 and 240 frames. In bfloat16 on random weights any kernel change
+#      flips near-tie greedy picks, so `codes_match_first` says nothing there; step 2 checks float32. A variant
+#      that wins becomes the default (qtts.accel.CUDA_PRODUCTS, qtts.accel.CUDA_COMPILE_OPTIONS);
 #   4. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
-#   5. the same benchmark for CUDA graphs without compilation: `auto` (graphs, fused, codec stream), and with `gqa`;
-#      also 32 streams (the server's max_batch is 8 on every device: does a GPU want more?).
-# Session 9 measured the rest: eager ~150 ms per frame, graphs 10.9 ms, graphs + fused 9.4 ms (BENCHMARKS.md).
+#   5. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds).
+# Sessions 9-10 measured the rest (BENCHMARKS.md): eager ~150 ms per frame; `auto` (graphs, fused, codec stream,
+# GQA call) 8.8 ms for 1 stream, 10.4 for 8, 11.5 for 32; the attention and filter variants.
 # The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
 #   make the checkpoint (python3 -m qtts.cli make-checkpoint --shape 0.6b --kind custom_voice --seed 1 --out
 #   checkpoints/0.6b-custom_voice), then PYTHONPATH="$PWD:/tmp/off:/tmp/site" python3 bench/suite.py --device cuda
 #   --shapes 0.6b --dtypes bfloat16 --accels eager,cuda-graphs --batches 1,8 --frames 24 --out-dir "$OUT".
-# A rerun can take some steps only: GPU_CHECK_ONLY="smoke frame_speed_compiled" (step names, below), and
-# GPU_TESTS_K (pytest -k of the gpu_tests step).
+# A rerun can take some steps only: GPU_CHECK_ONLY="smoke frame_speed_compiled" (step names, below),
+# GPU_TESTS_K (pytest -k of the gpu_tests step), GPU_SPEED_MODES (step 3's modes), GPU_PROFILE_MODE (step 4's).
 set -uo pipefail
 OUT=${OUT:-/tmp/qtts-gpu}
 mkdir -p "$OUT"
@@ -69,18 +71,14 @@ out = tts.synthesize("Hello there.", voice=Speaker(tts.speakers[0]), seed=0, opt
 print("smoke ok", tuple(out.codes.shape), round(time.perf_counter() - t0, 2), "s")
 EOF
 
-step attention 30 python3 scripts/gpu_attention.py
 step gpu_tests 100 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
     tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
-C=compile+graphs+fused+codec-stream  # the fastest set measured (session 9); then the variants
-step frame_speed_compiled 330 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
-    --modes "${GPU_SPEED_MODES:-$C,$C+stacked-heads+predictor-sdpa+sort-filter}" --long 240 \
-    --out "$OUT/frame_speed_compiled.json"
-step gpu_test_compiled 120 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=3 -m gpu \
+step gpu_test_compiled 170 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=3 -m gpu \
     tests/test_accel.py -k compiled
-step profile 90 python3 scripts/gpu_profile.py --shape 0.6b --mode "$C"
-step frame_speed 110 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 \
-    --modes graphs+fused+codec-stream,graphs+fused+codec-stream+gqa --batches 1,8,32 --frames 48 --long 240 \
-    --out "$OUT/frame_speed.json"
+C=compile+graphs+fused+codec-stream  # the fastest set (session 10's defaults inside); then the variants
+step frame_speed_compiled 300 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
+    --modes "${GPU_SPEED_MODES:-$C,$C+row-products,$C+autotune}" --long 240 --out "$OUT/frame_speed_compiled.json"
+step profile 80 python3 scripts/gpu_profile.py --shape 0.6b --mode "${GPU_PROFILE_MODE:-$C+row-products}"
+step attention 30 python3 scripts/gpu_attention.py
 echo "done at +$(( $(date +%s) - START ))s" | tee -a "$LOG"
 grep -E "^== |ms/frame|passed|failed|error|Error|x_realtime" "$LOG" | tail -n 60

@@ -541,6 +541,68 @@ def test_region_attention_per_device(monkeypatch):
         accel.region_attention("cuda")
 
 
+def test_region_products_and_options_per_device(monkeypatch):
+    """Compiled regions on CUDA multiply as ``CUDA_PRODUCTS`` says (cuBLAS until the row reductions are measured
+    faster) and take ``CUDA_COMPILE_OPTIONS``; a CPU's products follow ``row_kernels`` alone. The row kernel
+    takes one or two CUDA rows, only in compiled code."""
+    from qtts import accel
+
+    assert accel.CUDA_PRODUCTS == "linear" and accel.CUDA_COMPILE_OPTIONS == {}
+    assert accel.region_products("cuda") == "linear" and accel.region_products("cpu") == "linear"
+    monkeypatch.setattr(accel, "CUDA_PRODUCTS", "rows")
+    assert accel.region_products("cuda") == "rows" and accel.region_products("cpu") == "linear"
+    monkeypatch.setattr(accel, "CUDA_PRODUCTS", "triton")
+    with pytest.raises(ValueError, match="CUDA_PRODUCTS"):
+        accel.region_products("cuda")
+    assert [gemv.cuda_rows(r, True) for r in (0, 1, 2, 3, 8)] == [False, True, True, False, False]
+    assert not gemv.cuda_rows(1, False)
+
+
+def test_compile_regions_applies_the_products_and_options(tiny_checkpoints, monkeypatch):
+    """``compile_regions`` routes the talker's products through the row kernel when ``region_products`` says
+    "rows" (until the next ``set_accel``), and hands ``CUDA_COMPILE_OPTIONS`` to the regions only on CUDA."""
+    from qtts import accel
+
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
+    seen = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
+    monkeypatch.setattr(accel, "CUDA_COMPILE_OPTIONS", {"max_autotune_gemm": True})
+    accel.compile_regions(tts.model.talker, "inductor")
+    assert seen and all(kw == {"backend": "inductor", "options": None} for kw in seen)
+    assert not gemv.uses_row_kernels(tts.model.talker)
+    monkeypatch.setattr(accel, "region_products", lambda device_type: "rows")
+    accel.compile_regions(tts.model.talker, "inductor")
+    assert gemv.uses_row_kernels(tts.model.talker)
+    tts.set_accel(accel.AccelOptions())
+    assert not gemv.uses_row_kernels(tts.model.talker)
+
+
+@cuda
+@pytest.mark.gpu
+def test_compiled_row_products_on_cuda_equal_eager(tiny_checkpoints, monkeypatch):
+    """``accel.CUDA_PRODUCTS = "rows"``: a compiled, graphed single stream whose products are inductor's row
+    reductions gives eager's codes and audio (float32; one bucket, ~30-50 s of compilation on an H100)."""
+    from qtts import accel
+
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cuda")
+    expected = _run(tts, 1)
+    monkeypatch.setattr(accel, "CUDA_PRODUCTS", "rows")
+    monkeypatch.setattr(gemv, "MIN_WEIGHTS", 0)  # the tiny model's matrices are all small
+    calls = {"rows": 0}
+    row = gemv._row
+
+    def counted(x, w):
+        calls["rows"] += 1
+        return row(x, w)
+
+    monkeypatch.setattr(gemv, "_row", counted)
+    torch._dynamo.reset()
+    tts.accelerate(compile=True, cuda_graphs=True, max_frames=128)
+    got = _run(tts, 1)
+    assert gemv.uses_row_kernels(tts.model.talker) and calls["rows"] > 0
+    _compare(got, expected, 1e-4)
+
+
 @cuda
 @pytest.mark.gpu
 def test_pairwise_filter_on_cuda_picks_what_the_sort_picks(monkeypatch):

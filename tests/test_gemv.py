@@ -111,8 +111,8 @@ def test_wide_int8_and_bfloat16_products_keep_torch_kernels(monkeypatch):
         expected = layer(x)
         gemv.use_row_kernels_(layer, True)
         assert torch.equal(layer(x), expected)  # 2 x 64 = 128 > 96
-    assert gemv._cpu_rows(torch.randn(1, 64), int8.weight_int8)  # 64 <= 96: routed
-    assert gemv._cpu_rows(torch.randn(3, 2048), torch.zeros(8, 2048))  # float32: any width
+    assert gemv._routed_rows(torch.randn(1, 64), int8.weight_int8)  # 64 <= 96: routed
+    assert gemv._routed_rows(torch.randn(3, 2048), torch.zeros(8, 2048))  # float32: any width
 
 
 def test_small_matrices_keep_linear(monkeypatch):
