@@ -148,6 +148,16 @@ class TTS:
         pack_linear_weights_(self.model.talker, options.packed)
         use_row_kernels_(self.model.talker, options.row_kernels)
 
+    def stream_state_bytes(self) -> int:
+        """Device bytes of one batch slot's decode state at ``max_frames`` cache slots (what a static frame step
+        preallocates per slot; an eager one grows to this over a stream of that length): the talker's and the
+        code predictor's keys and values and the pending text vectors."""
+        t, p = self.cfg.talker, self.cfg.talker.code_predictor_config
+        size = self.model.talker.codec_head.weight.element_size()
+        talker = 2 * t.num_hidden_layers * t.num_key_value_heads * self.accel.max_frames * t.head_dim
+        predictor = 2 * p.num_hidden_layers * p.num_key_value_heads * t.num_code_groups * p.head_dim
+        return (talker + predictor + 512 * t.hidden_size) * size
+
     def new_runner(self, max_batch: int = 1, decode: bool = True) -> Runner:
         """A fresh runner over this model with the current acceleration options."""
         chunks = make_chunk_decoder(self.codec.decoder, self.accel.cuda_graphs) if decode else None

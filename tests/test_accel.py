@@ -541,6 +541,18 @@ def test_region_attention_per_device(monkeypatch):
         accel.region_attention("cuda")
 
 
+def test_stream_state_bytes_is_what_a_static_slot_allocates(tiny_checkpoints):
+    """``TTS.stream_state_bytes`` (the server sizes its default batch on CUDA with it) equals the caches and
+    text buffer a static frame step allocates per slot."""
+    from qtts.accel import make_frame_step
+
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
+    tts.accelerate(compile=True, compile_backend="eager", max_frames=96)
+    state = make_frame_step(tts.model.talker, tts.accel).allocate(3, 10)
+    tensors = (state.cache.k, state.cache.v, state.pred_cache.k, state.pred_cache.v, state.text)
+    assert sum(x.numel() * x.element_size() for x in tensors) == 3 * tts.stream_state_bytes()
+
+
 def test_region_products_and_options_per_device(monkeypatch):
     """Compiled regions on CUDA multiply as ``CUDA_PRODUCTS`` says (cuBLAS until the row reductions are measured
     faster) and take ``CUDA_COMPILE_OPTIONS``; a CPU's products follow ``row_kernels`` alone. The row kernel

@@ -299,6 +299,9 @@ def test_default_max_batch_per_device():
     from qtts.server.settings import default_max_batch
 
     assert (default_max_batch("cuda"), default_max_batch("cpu")) == (32, 8)
+    gib = 1 << 30  # half the free memory for the streams' state, 32 at most, 1 at least
+    assert [default_max_batch("cuda", free * gib, gib // 4) for free in (80, 8, 1, 0)] == [32, 16, 2, 1]
+    assert default_max_batch("cpu", gib, gib) == 8
     for bad in (0, -1, 2.5, True):
         with pytest.raises(InputError, match="max_batch"):
             ServerSettings(max_batch=bad)

@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: $QTTS_API_KEY "
                    "if set, else no authentication)")
     p.add_argument("--max-batch", type=int, default=None,
-                   help="streams advanced together per frame step (default 32 on CUDA, 8 on CPU)")
+                   help="streams advanced together per frame step (default: 8 on CPU; on CUDA 32, or as many "
+                        "streams' caches as half the free GPU memory holds)")
     p.add_argument("--max-waiting", type=int, default=64, help="requests queued for a slot before 503")
     p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds a request may wait for a slot")
     p.add_argument("--text-timeout", type=float, default=60.0,

@@ -15,11 +15,21 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("QTTS_HOME", Path.home() / ".cache" / "qtts")) / "voices"
 
 
-def default_max_batch(device_type: str) -> int:
-    """Streams one engine advances together when ``--max-batch`` is not given: 32 on CUDA (an H100 ran 32
-    graphed 0.6b streams at 12.5 ms per frame against 11.1 ms for 8: 3.5 x the audio per second; BENCHMARKS.md,
-    session 10), 8 elsewhere (a CPU's frame time grows with the batch)."""
-    return 32 if device_type == "cuda" else 8
+CUDA_MAX_BATCH = 32
+CPU_MAX_BATCH = 8
+
+
+def default_max_batch(device_type: str, free_bytes: int | None = None, stream_bytes: int = 0) -> int:
+    """Streams one engine advances together when ``--max-batch`` is not given: on CUDA up to
+    ``CUDA_MAX_BATCH`` (an H100 ran 32 graphed 0.6b streams at 12.5 ms per frame against 11.1 ms for 8: 3.5 x
+    the audio per second; BENCHMARKS.md, session 10), as many as half of the device's ``free_bytes`` holds at
+    ``stream_bytes`` of decode state each (at least 1); elsewhere ``CPU_MAX_BATCH`` (a CPU's frame time grows
+    with the batch)."""
+    if device_type != "cuda":
+        return CPU_MAX_BATCH
+    if free_bytes is None or stream_bytes <= 0:
+        return CUDA_MAX_BATCH
+    return max(1, min(CUDA_MAX_BATCH, free_bytes // 2 // stream_bytes))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,16 @@ def open_library(root: Path, reserved: list[str]) -> Any:
     return VoiceLibrary(root, reserved=reserved)
 
 
+def _device_max_batch(tts: TTS) -> int:
+    """``default_max_batch`` for ``tts`` 's device, with the decode state one stream preallocates there."""
+    if tts.device.type != "cuda":
+        return default_max_batch(tts.device.type)
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(tts.device)
+    return default_max_batch("cuda", free, tts.stream_state_bytes())
+
+
 @dataclasses.dataclass
 class ServerState:
     """The shared state of one server. ``owns_engine``: the engines are closed when the app shuts down.
@@ -91,7 +101,7 @@ class ServerState:
         for model_tts, loaded in ((tts, source_loaded), (clone_tts, clone_loaded)):
             if model_tts is not None and (loaded or settings.accel is not None):
                 model_tts.set_accel(parse_accel(settings.accel, model_tts.device))
-        max_batch = settings.max_batch or default_max_batch(tts.device.type)
+        max_batch = settings.max_batch or _device_max_batch(tts)
         config = EngineConfig(max_batch, settings.max_waiting, settings.wait_timeout)
         ids = ModelIds.build(name, source, settings.clone_model, has_clone=clone_tts is not None)
         engine = Engine(tts, config)
