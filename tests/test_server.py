@@ -307,6 +307,22 @@ def test_default_max_batch_per_device():
             ServerSettings(max_batch=bad)
 
 
+def test_cuda_max_batch_shares_free_memory_between_engines(monkeypatch):
+    """On CUDA the server sizes the default batch from the free memory, split between the main and the clone
+    model's engines (each would otherwise take half of all of it)."""
+    import types
+
+    import torch
+
+    from qtts.server import state as server_state
+
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * gib, 80 * gib))
+    fake = types.SimpleNamespace(device=torch.device("cuda"), stream_state_bytes=lambda: gib // 4)
+    assert server_state._device_max_batch(fake, 1) == 16
+    assert server_state._device_max_batch(fake, 2) == 8
+
+
 def test_sampling_fields_reach_the_engine(server, tiny_tts):
     url, _ = server
     body = {"input": "Sampling fields.", "voice": {"id": "vivian"}, "max_new_tokens": 6, "response_format": "pcm",

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..accel import parse_accel
 from ..api import TTS
 from ..engine import Engine, EngineConfig
@@ -32,14 +34,13 @@ def open_library(root: Path, reserved: list[str]) -> Any:
     return VoiceLibrary(root, reserved=reserved)
 
 
-def _device_max_batch(tts: TTS) -> int:
-    """``default_max_batch`` for ``tts`` 's device, with the decode state one stream preallocates there."""
+def _device_max_batch(tts: TTS, engines: int) -> int:
+    """``default_max_batch`` for ``tts`` 's device, with the decode state one stream preallocates there and the
+    free memory shared by ``engines`` engines (a clone model's beside the main one)."""
     if tts.device.type != "cuda":
         return default_max_batch(tts.device.type)
-    import torch
-
     free, _total = torch.cuda.mem_get_info(tts.device)
-    return default_max_batch("cuda", free, tts.stream_state_bytes())
+    return default_max_batch("cuda", free // engines, tts.stream_state_bytes())
 
 
 @dataclasses.dataclass
@@ -101,7 +102,7 @@ class ServerState:
         for model_tts, loaded in ((tts, source_loaded), (clone_tts, clone_loaded)):
             if model_tts is not None and (loaded or settings.accel is not None):
                 model_tts.set_accel(parse_accel(settings.accel, model_tts.device))
-        max_batch = settings.max_batch or _device_max_batch(tts)
+        max_batch = settings.max_batch or _device_max_batch(tts, 1 if clone_tts is None else 2)
         config = EngineConfig(max_batch, settings.max_waiting, settings.wait_timeout)
         ids = ModelIds.build(name, source, settings.clone_model, has_clone=clone_tts is not None)
         engine = Engine(tts, config)
