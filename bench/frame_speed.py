@@ -36,6 +36,7 @@ from qtts import Sampling, Speaker, SynthesisOptions, accel, sampling
 from qtts.accel import AccelOptions, parse_accel
 from qtts.checkpoint import random_tts
 from qtts.model import layers
+from qtts.quant import quantize_int8_
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it keeps on running far away."
 
@@ -122,6 +123,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--long", type=int, default=0,
                     help="also time one stream of this many frames (x real time of a long utterance)")
+    ap.add_argument("--quantize", default="none", choices=["none", "int8"],
+                    help="weight-only int8 of the talker's and predictor's linear layers (as --quantize int8)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
@@ -133,9 +136,11 @@ def main() -> None:
     modes = {mode: mode_options(mode, device) for mode in args.modes.split(",")}  # bad modes fail before the build
     t0 = time.perf_counter()
     tts = random_tts(args.shape, "custom_voice", device, dtype)
+    if args.quantize == "int8":
+        tts.quantization = quantize_int8_(tts.model)
     report: dict = {
         "shape": args.shape, "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
-        "dtype": args.dtype, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "dtype": args.dtype, "quantize": args.quantize, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "build_s": round(time.perf_counter() - t0, 1), "modes": {},
     }
     print(json.dumps({k: v for k, v in report.items() if k != "modes"}), flush=True)

@@ -15,17 +15,19 @@
 #   0. smoke: import qtts, one tiny synthesis on CUDA (stops the run early if this fails);
 #   1. the GPU tests but the compiled ones (CUDA graphs == eager, graphed codec chunk decode == eager, `auto` ==
 #      eager, the sort-free filter == the sort);
-#   2. the compiled GPU tests: compile + graphs == eager with session 10's defaults (GQA call, the predictor's
-#      plain-product attention, the sort-free filter for one row; never run on a GPU yet), and with the products
-#      as row reductions (`accel.CUDA_PRODUCTS = "rows"`); 30-50 s of compilation per batch bucket;
-#   3. bench/frame_speed.py at the 0.6b shape, bfloat16: compile + CUDA graphs + fused + codec stream (session 10:
-#      5.26 ms per frame, 14.6x real time), then with the products as Triton row reductions (`row-products`), and
-#      with inductor's GEMM autotuning (`autotune`: slow to build, last so that a cut run keeps the others);
-#      B = 1 and 8, TTFA, x real time over 48 and 240 frames. In bfloat16 on random weights any kernel change
-#      flips near-tie greedy picks, so `codes_match_first` says nothing there; step 2 checks float32. A variant
-#      that wins becomes the default (qtts.accel.CUDA_PRODUCTS, qtts.accel.CUDA_COMPILE_OPTIONS);
-#   4. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
-#   5. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds).
+#   2. bench/frame_speed.py at the 0.6b shape, bfloat16: compile + CUDA graphs + fused + codec stream (session 10:
+#      5.26 ms per frame, 14.6x real time), then with the products of one or two rows as Triton row reductions
+#      (`row-products`, `accel.CUDA_PRODUCTS = "rows"`); B = 1 and 8, TTFA, x real time over 48 and 240 frames.
+#      In bfloat16 on random weights any kernel change flips near-tie greedy picks, so `codes_match_first` says
+#      nothing there; step 4 checks float32. A variant that wins becomes the default;
+#   3. the same with int8 weights and row products (`--quantize int8`): the reductions read half of bfloat16's
+#      bytes (cuBLAS cannot take int8 weights: the eager int8 path on a GPU was slower than bfloat16);
+#   4. the compiled GPU tests: compile + graphs == eager with session 10's defaults (GQA call, the predictor's
+#      plain-product attention, the sort-free filter for one row; never run on a GPU yet), and with row products
+#      (float32 and int8 weights); 30-50 s of compilation per batch bucket;
+#   5. inductor's GEMM autotuning (`autotune`, `accel.CUDA_COMPILE_OPTIONS`): slow to build, so late;
+#   6. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
+#   7. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds).
 # Sessions 9-10 measured the rest (BENCHMARKS.md): eager ~150 ms per frame; `auto` (graphs, fused, codec stream,
 # GQA call) 8.8 ms for 1 stream, 10.4 for 8, 11.5 for 32; the attention and filter variants.
 # The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
@@ -33,7 +35,7 @@
 #   checkpoints/0.6b-custom_voice), then PYTHONPATH="$PWD:/tmp/off:/tmp/site" python3 bench/suite.py --device cuda
 #   --shapes 0.6b --dtypes bfloat16 --accels eager,cuda-graphs --batches 1,8 --frames 24 --out-dir "$OUT".
 # A rerun can take some steps only: GPU_CHECK_ONLY="smoke frame_speed_compiled" (step names, below),
-# GPU_TESTS_K (pytest -k of the gpu_tests step), GPU_SPEED_MODES (step 3's modes), GPU_PROFILE_MODE (step 4's).
+# GPU_TESTS_K (pytest -k of the gpu_tests step), GPU_SPEED_MODES (step 2's modes), GPU_PROFILE_MODE (step 6's).
 set -uo pipefail
 OUT=${OUT:-/tmp/qtts-gpu}
 mkdir -p "$OUT"
@@ -73,11 +75,15 @@ EOF
 
 step gpu_tests 100 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
     tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
-step gpu_test_compiled 170 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=3 -m gpu \
-    tests/test_accel.py -k compiled
 C=compile+graphs+fused+codec-stream  # the fastest set (session 10's defaults inside); then the variants
-step frame_speed_compiled 300 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
-    --modes "${GPU_SPEED_MODES:-$C,$C+row-products,$C+autotune}" --long 240 --out "$OUT/frame_speed_compiled.json"
+step frame_speed_compiled 170 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
+    --modes "${GPU_SPEED_MODES:-$C,$C+row-products}" --long 240 --out "$OUT/frame_speed_compiled.json"
+step frame_speed_int8 90 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --quantize int8 --batches 1 \
+    --frames 48 --modes "$C+row-products" --long 240 --out "$OUT/frame_speed_int8.json"
+step gpu_test_compiled 200 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
+    tests/test_accel.py -k compiled
+step frame_speed_autotune 120 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1 --frames 48 \
+    --modes "$C+autotune" --long 240 --out "$OUT/frame_speed_autotune.json"
 step profile 80 python3 scripts/gpu_profile.py --shape 0.6b --mode "${GPU_PROFILE_MODE:-$C+row-products}"
 step attention 30 python3 scripts/gpu_attention.py
 echo "done at +$(( $(date +%s) - START ))s" | tee -a "$LOG"
