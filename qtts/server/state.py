@@ -103,6 +103,8 @@ class ServerState:
             if model_tts is not None and (loaded or settings.accel is not None):
                 model_tts.set_accel(parse_accel(settings.accel, model_tts.device))
         max_batch = settings.max_batch or _device_max_batch(tts, 1 if clone_tts is None else 2)
+        log.info("batching up to %d streams per frame step%s", max_batch,
+                 "" if settings.max_batch else f" (the default on {tts.device.type}; --max-batch to change)")
         config = EngineConfig(max_batch, settings.max_waiting, settings.wait_timeout)
         ids = ModelIds.build(name, source, settings.clone_model, has_clone=clone_tts is not None)
         engine = Engine(tts, config)
