@@ -76,11 +76,11 @@ EOF
 step gpu_tests 100 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
     tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
 C=compile+graphs+fused+codec-stream  # the fastest set (session 10's defaults inside); then the variants
-step frame_speed_compiled 170 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
+step frame_speed_compiled 200 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
     --modes "${GPU_SPEED_MODES:-$C,$C+row-products}" --long 240 --out "$OUT/frame_speed_compiled.json"
 step frame_speed_int8 90 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --quantize int8 --batches 1 \
     --frames 48 --modes "$C+row-products" --long 240 --out "$OUT/frame_speed_int8.json"
-step gpu_test_compiled 200 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
+step gpu_test_compiled 180 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
     tests/test_accel.py -k compiled
 step frame_speed_autotune 120 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1 --frames 48 \
     --modes "$C+autotune" --long 240 --out "$OUT/frame_speed_autotune.json"
