@@ -160,6 +160,12 @@ def region_products(device_type: str) -> str:
     return CUDA_PRODUCTS
 
 
+def region_compile_options(device_type: str) -> dict[str, object] | None:
+    """The inductor options compiled regions take on a device type: ``CUDA_COMPILE_OPTIONS`` on CUDA (None when
+    empty: inductor's defaults), None elsewhere."""
+    return dict(CUDA_COMPILE_OPTIONS) if device_type == "cuda" and CUDA_COMPILE_OPTIONS else None
+
+
 def region_attention(device_type: str) -> dict[str, str]:
     """The attention each decoder's compiled blocks use on a device type (see ``CUDA_ATTENTION``)."""
     if device_type == "cpu":
@@ -187,7 +193,7 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
                 block.self_attn.attend = matmul_attention
     if region_products(device_type) == "rows":
         use_row_kernels_(talker, True)  # until the next ``set_accel``
-    options = dict(CUDA_COMPILE_OPTIONS) if device_type == "cuda" and CUDA_COMPILE_OPTIONS else None
+    options = region_compile_options(device_type)
     for region in _regions(talker):
         region.compile(backend=backend, options=options)
     for layer in talker.modules():

@@ -555,7 +555,8 @@ def test_stream_state_bytes_is_what_a_static_slot_allocates(tiny_checkpoints):
 
 def test_region_products_and_options_per_device(monkeypatch):
     """Compiled regions on CUDA multiply as ``CUDA_PRODUCTS`` says (cuBLAS until the row reductions are measured
-    faster) and take ``CUDA_COMPILE_OPTIONS``; a CPU's products follow ``row_kernels`` alone. The row kernel
+    faster) and take ``CUDA_COMPILE_OPTIONS``; a CPU's products follow ``row_kernels`` alone and its regions take
+    inductor's default options. The row kernel
     takes one or two CUDA rows, only in compiled code."""
     from qtts import accel
 
@@ -568,6 +569,11 @@ def test_region_products_and_options_per_device(monkeypatch):
         accel.region_products("cuda")
     assert [gemv.cuda_rows(r, True) for r in (0, 1, 2, 3, 8)] == [False, True, True, False, False]
     assert not gemv.cuda_rows(1, False)
+    assert accel.region_compile_options("cuda") is None and accel.region_compile_options("cpu") is None
+    monkeypatch.setattr(accel, "CUDA_COMPILE_OPTIONS", {"max_autotune_gemm": True})
+    assert accel.region_compile_options("cuda") == {"max_autotune_gemm": True}
+    assert accel.region_compile_options("cuda") is not accel.CUDA_COMPILE_OPTIONS  # a copy for each step
+    assert accel.region_compile_options("cpu") is None
 
 
 def test_compile_regions_applies_the_products_and_options(tiny_checkpoints, monkeypatch):
