@@ -17,7 +17,8 @@ Usage: ``python bench/frame_speed.py --shape 0.6b --device cuda --dtype bfloat16
 variants predictor-matmul / -sdpa, talker-matmul / -sdpa (how compiled blocks attend: plain products or torch's
 fused kernel), gqa / stacked-heads (torch's GQA call, or query heads stacked per KV head), pairwise-filter /
 sort-filter (how compiled sampling filters), row-products / linear-products (how compiled regions multiply one or
-two rows) and autotune (inductor's max_autotune_gemm); a mode without a variant part takes the library's default).
+two rows), autotune (inductor's max_autotune_gemm) and span-buckets / whole-cache (how many cache slots graphed
+talker attention reads: ``accel.GRAPH_SPANS``); a mode without a variant part takes the library's default).
 Absolute times only mean something on a GPU; on CPU compare modes within one run.
 """
 
@@ -51,17 +52,19 @@ VARIANTS = {
     "pairwise-filter": ("filter", "pairwise"), "sort-filter": ("filter", "sort"),
     "row-products": ("products", "rows"), "linear-products": ("products", "linear"),
     "autotune": ("options", {"max_autotune_gemm": True}),
+    "span-buckets": ("spans", "buckets"), "whole-cache": ("spans", "whole"),
 }
 DEFAULTS = {"predictor": accel.CUDA_ATTENTION["predictor"], "talker": accel.CUDA_ATTENTION["talker"],
             "stack": layers.STACK_GROUPED_HEADS, "filter": sampling.CUDA_FILTER, "products": accel.CUDA_PRODUCTS,
-            "options": dict(accel.CUDA_COMPILE_OPTIONS)}
+            "options": dict(accel.CUDA_COMPILE_OPTIONS), "spans": accel.GRAPH_SPANS}
 
 
-def mode_options(mode: str, device: torch.device) -> AccelOptions:
+def mode_options(mode: str, device: torch.device, max_frames: int = 512) -> AccelOptions:
     """The acceleration of a mode: ``eager`` or ``--accel`` parts joined by ``+`` (``graphs`` short for
-    ``cuda-graphs``), e.g. ``compile+graphs+fused``, plus any ``VARIANTS``; 512 cache slots per stream."""
+    ``cuda-graphs``), e.g. ``compile+graphs+fused``, plus any ``VARIANTS``; ``max_frames`` cache slots per stream
+    (sessions 6-10 measured with 512; the library's default is 2048)."""
     parts = ["cuda-graphs" if p == "graphs" else p for p in mode.split("+") if p not in VARIANTS]
-    return dataclasses.replace(parse_accel(",".join(parts) or "eager", device), max_frames=512)
+    return dataclasses.replace(parse_accel(",".join(parts) or "eager", device), max_frames=max_frames)
 
 
 def use_variants(mode: str) -> None:
@@ -73,6 +76,7 @@ def use_variants(mode: str) -> None:
     sampling.CUDA_FILTER = choice["filter"]
     accel.CUDA_PRODUCTS = choice["products"]
     accel.CUDA_COMPILE_OPTIONS = dict(choice["options"])
+    accel.GRAPH_SPANS = choice["spans"]
 
 
 def _sync(device: torch.device) -> None:
@@ -126,6 +130,8 @@ def main() -> None:
     ap.add_argument("--quantize", default="none", choices=["none", "int8"],
                     help="weight-only int8 of the talker's and predictor's linear layers (as --quantize int8)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--max-frames", type=int, default=512,
+                    help="cache slots per stream with static shapes (512 in sessions 6-10; the library default: 2048)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     if args.threads:
@@ -133,7 +139,8 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     batches = [int(b) for b in args.batches.split(",")]
-    modes = {mode: mode_options(mode, device) for mode in args.modes.split(",")}  # bad modes fail before the build
+    # Bad modes fail before the build.
+    modes = {mode: mode_options(mode, device, args.max_frames) for mode in args.modes.split(",")}
     t0 = time.perf_counter()
     tts = random_tts(args.shape, "custom_voice", device, dtype)
     if args.quantize == "int8":
@@ -141,7 +148,7 @@ def main() -> None:
     report: dict = {
         "shape": args.shape, "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
         "dtype": args.dtype, "quantize": args.quantize, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "build_s": round(time.perf_counter() - t0, 1), "modes": {},
+        "max_frames": args.max_frames, "build_s": round(time.perf_counter() - t0, 1), "modes": {},
     }
     print(json.dumps({k: v for k, v in report.items() if k != "modes"}), flush=True)
     reference = None

@@ -12,8 +12,11 @@ it once per frame. Three implementations, chosen by ``AccelOptions``:
   static cache.
 - ``cuda_graphs=True`` (CUDA only): one CUDA graph per batch-size bucket (1, 2, 4, 8, ... up to
   ``max_batch``), captured once per runner over its preallocated state and replayed every frame; rows
-  beyond the live ones are free slots (inactive: computed, never advanced). A reallocated cache or text
-  buffer (rare: only past ``max_frames``) triggers a re-capture.
+  beyond the live ones are free slots (inactive: computed, never advanced). A graph replays fixed shapes, so
+  talker attention reads a fixed number of cache slots: the whole cache, or with ``GRAPH_SPANS = "buckets"``
+  the slots in use rounded up to a power of two (``graph_spans``: one graph per batch bucket and span, all
+  captured on the bucket's first frame). A reallocated cache or text buffer (rare: only past ``max_frames``)
+  triggers a re-capture.
 
 Warm-up and capture happen on the first frame of each bucket, once per runner (an ``Engine`` keeps its
 runner for its lifetime); ``capture_seconds`` records their cost.
@@ -112,6 +115,33 @@ def parse_accel(value: str | None, device: torch.device | str | None) -> AccelOp
 
 STATIC = Kernels(fixed_span=True)
 SPAN_STEP = 64  # compiled frame step without CUDA graphs: attention span granularity (cache slots)
+
+# How many cache slots talker attention reads under CUDA graphs, whose replays repeat fixed shapes: "whole" (the
+# whole static cache, ``max_frames`` slots: one graph per batch bucket) or "buckets" (the slots in use rounded up
+# to a power of two from ``GRAPH_SPAN_MIN``, the last one the whole cache: one graph per batch bucket and span, all
+# captured on the bucket's first frame, so that no stream waits for a capture mid-way). An H100 spent 13 µs per
+# talker layer in cuDNN's attention over 512 slots (session 10's benchmark; 376 µs of a 5.3 ms frame), and the
+# library default caches 2048 slots per stream, while a stream of 20 s of audio uses ~300; "buckets" is not
+# measured on a GPU yet (``bench/frame_speed.py`` mode part ``span-buckets``). Read at every graphed frame.
+GRAPH_SPANS = "whole"
+GRAPH_SPAN_MIN = 256
+
+
+def graph_spans(max_len: int) -> list[int]:
+    """The attention spans (cache slots) frame graphs are captured for over a cache of ``max_len`` slots, in
+    increasing order; the last is ``max_len`` (see ``GRAPH_SPANS``)."""
+    if GRAPH_SPANS not in ("whole", "buckets"):
+        raise ValueError(f"GRAPH_SPANS must be 'whole' or 'buckets', not {GRAPH_SPANS!r}")
+    spans, span = [], GRAPH_SPAN_MIN
+    while GRAPH_SPANS == "buckets" and span < max_len:
+        spans.append(span)
+        span *= 2
+    return [*spans, max_len]
+
+
+def graph_span(needed: int, max_len: int) -> int:
+    """The span a graphed frame reads when its slots use ``needed`` cache slots (``needed <= max_len``)."""
+    return next(span for span in graph_spans(max_len) if span >= needed)
 
 
 def _frame(talker: Talker, state: FrameState, span: int, kernels: Kernels = EAGER) -> torch.Tensor:
@@ -255,7 +285,7 @@ class StaticFrameStep(FrameStep):
             kernels = dataclasses.replace(kernels, greedy_shortcut=False)
         self.kernels = kernels
         self.fn = functools.partial(_frame, kernels=kernels)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}  # (rows, span)
         self._warm: set[int] = set()  # buckets already run (compiled) without graphs
 
     def allocate(self, batch: int, min_len: int) -> FrameState:
@@ -268,8 +298,8 @@ class StaticFrameStep(FrameStep):
         return min(bucket, batch)
 
     def span(self, state: FrameState, needed: int) -> int:
-        if self.options.cuda_graphs:  # a graph replays fixed shapes: attention reads the whole cache (masked)
-            return state.cache.max_len
+        if self.options.cuda_graphs:  # a graph replays fixed shapes: the whole cache or a span bucket (masked)
+            return graph_span(needed, state.cache.max_len)
         # Compiled without graphs: read the slots in use, rounded up to a multiple of SPAN_STEP (the extra
         # slots are masked), so attention cost follows the stream's length; after the first change of span
         # dynamo compiles the blocks once more with a dynamic span and then reuses that graph.
@@ -289,11 +319,16 @@ class StaticFrameStep(FrameStep):
             self._warm.add(rows)
             self.capture_seconds += time.perf_counter() - t0
             return out
-        key = (state.cache.k.data_ptr(), state.text.data_ptr(), span)
-        entry = self.graphs.get(rows)
+        key = (state.cache.k.data_ptr(), state.text.data_ptr())
+        entry = self.graphs.get((rows, span))
         if entry is None or entry[2] != key:
-            entry = self._capture(state, rows, span, key)
-            self.graphs[rows] = entry
+            # This bucket's graphs for every span at once: a stream crossing into a longer span later replays
+            # a graph captured now instead of pausing every stream for a capture.
+            for old in [k for k in self.graphs if k[0] == rows]:
+                del self.graphs[old]
+            for s in graph_spans(state.cache.max_len):
+                self.graphs[(rows, s)] = self._capture(state, rows, s, key)
+            entry = self.graphs[(rows, span)]
         graph, out, _ = entry
         graph.replay()
         return out

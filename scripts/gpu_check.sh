@@ -14,20 +14,25 @@
 # it wrote):
 #   0. smoke: import qtts, one tiny synthesis on CUDA (stops the run early if this fails);
 #   1. the GPU tests but the compiled ones (CUDA graphs == eager, graphed codec chunk decode == eager, `auto` ==
-#      eager, the sort-free filter == the sort);
-#   2. bench/frame_speed.py at the 0.6b shape, bfloat16: compile + CUDA graphs + fused + codec stream (session 10:
-#      5.26 ms per frame, 14.6x real time), then with the products of one or two rows as Triton row reductions
-#      (`row-products`, `accel.CUDA_PRODUCTS = "rows"`); B = 1 and 8, TTFA, x real time over 48 and 240 frames.
-#      In bfloat16 on random weights any kernel change flips near-tie greedy picks, so `codes_match_first` says
-#      nothing there; step 4 checks float32. A variant that wins becomes the default;
-#   3. the same with int8 weights and row products (`--quantize int8`): the reductions read half of bfloat16's
-#      bytes (cuBLAS cannot take int8 weights: the eager int8 path on a GPU was slower than bfloat16);
-#   4. the compiled GPU tests: compile + graphs == eager with session 10's defaults (GQA call, the predictor's
-#      plain-product attention, the sort-free filter for one row; never run on a GPU yet), and with row products
-#      (float32 and int8 weights); 30-50 s of compilation per batch bucket;
-#   5. inductor's GEMM autotuning (`autotune`, `accel.CUDA_COMPILE_OPTIONS`): slow to build, so late;
-#   6. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
+#      eager, the sort-free filter == the sort, graphs per attention span == eager);
+#   2. bench/frame_speed.py at the 0.6b shape, bfloat16, with the library's 2048 cache slots per stream (sessions
+#      6-10 measured with 512): compile + CUDA graphs + fused + codec stream (`C`; session 10: 5.26 ms per frame,
+#      14.6x real time at 512 slots), then with graphs per attention span (`span-buckets`, `accel.GRAPH_SPANS`:
+#      talker attention reads the slots in use rounded up to a power of two from 256, not the whole cache), then
+#      also with the products of one or two rows as Triton row reductions (`row-products`,
+#      `accel.CUDA_PRODUCTS = "rows"`); B = 1 and 8, TTFA, x real time over 48 and 240 frames. In bfloat16 on
+#      random weights any kernel change flips near-tie greedy picks, so `codes_match_first` says nothing there;
+#      the tests check float32. A variant that wins becomes the default;
+#   3. the compiled GPU tests: compile + graphs == eager with session 10's defaults (GQA call, the predictor's
+#      plain-product attention, the sort-free filter for one row; never run on a GPU yet), with graphs per span
+#      (a dynamic span), and with row products (float32 and int8 weights); 30-50 s of compilation per bucket;
+#   4. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
+#   5. the same A/B with int8 weights and row products (`--quantize int8`): the reductions read half of
+#      bfloat16's bytes (cuBLAS cannot take int8 weights: the eager int8 path on a GPU was slower than bfloat16);
+#   6. inductor's GEMM autotuning (`autotune`, `accel.CUDA_COMPILE_OPTIONS`): slow to build, so late;
 #   7. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds).
+# Steps 1-3 fill one call; a second call takes the rest: GPU_CHECK_ONLY="gpu_test_compiled profile frame_speed_int8
+# frame_speed_autotune attention" (whatever the first left).
 # Sessions 9-10 measured the rest (BENCHMARKS.md): eager ~150 ms per frame; `auto` (graphs, fused, codec stream,
 # GQA call) 8.8 ms for 1 stream, 10.4 for 8, 11.5 for 32; the attention and filter variants.
 # The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
@@ -73,18 +78,20 @@ out = tts.synthesize("Hello there.", voice=Speaker(tts.speakers[0]), seed=0, opt
 print("smoke ok", tuple(out.codes.shape), round(time.perf_counter() - t0, 2), "s")
 EOF
 
-step gpu_tests 100 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
+step gpu_tests 110 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
     tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
 C=compile+graphs+fused+codec-stream  # the fastest set (session 10's defaults inside); then the variants
-step frame_speed_compiled 200 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
-    --modes "${GPU_SPEED_MODES:-$C,$C+row-products}" --long 240 --out "$OUT/frame_speed_compiled.json"
-step frame_speed_int8 90 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --quantize int8 --batches 1 \
-    --frames 48 --modes "$C+row-products" --long 240 --out "$OUT/frame_speed_int8.json"
+S=span-buckets
+step frame_speed_compiled 330 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
+    --max-frames 2048 --modes "${GPU_SPEED_MODES:-$C,$C+$S,$C+$S+row-products}" --long 240 \
+    --out "$OUT/frame_speed_compiled.json"
 step gpu_test_compiled 180 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
     tests/test_accel.py -k compiled
+step profile 80 python3 scripts/gpu_profile.py --shape 0.6b --max-frames 2048 --mode "${GPU_PROFILE_MODE:-$C+$S}"
+step frame_speed_int8 90 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --quantize int8 --batches 1 \
+    --frames 48 --max-frames 2048 --modes "$C+$S+row-products" --long 240 --out "$OUT/frame_speed_int8.json"
 step frame_speed_autotune 120 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1 --frames 48 \
-    --modes "$C+autotune" --long 240 --out "$OUT/frame_speed_autotune.json"
-step profile 80 python3 scripts/gpu_profile.py --shape 0.6b --mode "${GPU_PROFILE_MODE:-$C+row-products}"
+    --max-frames 2048 --modes "$C+$S+autotune" --long 240 --out "$OUT/frame_speed_autotune.json"
 step attention 30 python3 scripts/gpu_attention.py
 echo "done at +$(( $(date +%s) - START ))s" | tee -a "$LOG"
 grep -E "^== |ms/frame|passed|failed|error|Error|x_realtime" "$LOG" | tail -n 60

@@ -82,11 +82,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--mode", default="compile+graphs+fused")
     ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--max-frames", type=int, default=512, help="cache slots per stream (the library's default: 2048)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mode = args.mode if device.type == "cuda" else "+".join(
         p for p in args.mode.split("+") if p not in ("graphs", "cuda-graphs", "codec-stream"))
-    options = mode_options(mode, device)  # also the internal variants (e.g. predictor-matmul)
+    options = mode_options(mode, device, args.max_frames)  # also the internal variants (e.g. predictor-matmul)
     use_variants(mode)
     tts = random_tts(args.shape, "custom_voice", device, getattr(torch, args.dtype))
     tts.set_accel(options)
@@ -103,7 +104,10 @@ def main() -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     step_fn, n = runner.step_fn, args.frames
 
-    graph = step_fn.graphs[1][0] if getattr(step_fn, "graphs", None) else None
+    graph = None
+    if getattr(step_fn, "graphs", None):  # the one-stream graph of the span the stream reads now
+        span = step_fn.span(runner.state, int(runner.state.positions[0]) + 1)
+        graph = step_fn.graphs[(1, span)][0]
     replay_us = None
     if graph is not None:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -182,6 +182,31 @@ def test_compiled_cuda_graphs_equal_eager(tiny_checkpoints):
     _compare(_run(tts, 2), expected, 1e-4)
 
 
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True], ids=["graphs", "compiled"])
+def test_graphed_span_buckets_on_cuda_equal_eager(tiny_checkpoints, monkeypatch, compiled):
+    """CUDA graphs per batch bucket and attention span (``GRAPH_SPANS = "buckets"``, spans from 16 slots, so the
+    streams cross into longer spans mid-way), float32, with and without compilation (a dynamic span): eager's codes
+    and audio."""
+    from qtts import accel
+
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cuda")
+    expected = _run(tts, 1)
+    monkeypatch.setattr(accel, "GRAPH_SPANS", "buckets")
+    monkeypatch.setattr(accel, "GRAPH_SPAN_MIN", 16)
+    spans, capture = [], accel.StaticFrameStep._capture
+
+    def spy(step, state, rows, span, key):
+        spans.append(span)
+        return capture(step, state, rows, span, key)
+
+    monkeypatch.setattr(accel.StaticFrameStep, "_capture", spy)
+    tts.accelerate(compile=compiled, cuda_graphs=True, max_frames=128)
+    _compare(_run(tts, 2 if compiled else 4), expected, 1e-4)
+    assert min(spans) == 16 and len(set(spans)) >= 3
+
+
 @pytest.mark.skipif(not gemv.available(), reason="torch.compile (inductor) cannot build kernels here")
 def test_compiled_cache_write_touches_only_the_written_slots():
     """Inside a compiled region the KV write happens in place: no kernel loops over the whole cache (a
@@ -574,6 +599,72 @@ def test_region_products_and_options_per_device(monkeypatch):
     assert accel.region_compile_options("cuda") == {"max_autotune_gemm": True}
     assert accel.region_compile_options("cuda") is not accel.CUDA_COMPILE_OPTIONS  # a copy for each step
     assert accel.region_compile_options("cpu") is None
+
+
+def test_graph_spans(monkeypatch):
+    """Graphed talker attention reads the whole cache ("whole", the default until measured on a GPU) or the slots
+    in use rounded up to a power of two from ``GRAPH_SPAN_MIN``, the last span the whole cache ("buckets")."""
+    from qtts import accel
+
+    assert accel.GRAPH_SPANS == "whole"
+    assert accel.graph_spans(2048) == [2048] and accel.graph_span(1, 2048) == 2048
+    monkeypatch.setattr(accel, "GRAPH_SPANS", "buckets")
+    assert accel.graph_spans(2048) == [256, 512, 1024, 2048]
+    assert accel.graph_spans(600) == [256, 512, 600] and accel.graph_spans(256) == [256]
+    assert accel.graph_spans(128) == [128]
+    assert [accel.graph_span(n, 2048) for n in (1, 256, 257, 1024, 1025, 2048)] == [256, 256, 512, 1024, 2048, 2048]
+    assert accel.graph_span(513, 600) == 600
+    monkeypatch.setattr(accel, "GRAPH_SPANS", "some")
+    with pytest.raises(ValueError, match="GRAPH_SPANS"):
+        accel.graph_spans(64)
+
+
+def test_graphed_span_buckets_capture_once_and_equal_eager(tiny_checkpoints, monkeypatch):
+    """With ``GRAPH_SPANS = "buckets"`` a graphed step captures every span of a batch bucket on the bucket's first
+    frame (none mid-stream) and replays the span covering the slots in use: eager's codes. A CPU stands in for the
+    GPU here: each "graph" reruns the static step at its span (the real capture runs in the GPU tests)."""
+    import dataclasses
+
+    from qtts import accel, api
+
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
+    expected = _run(tts, 1)
+    monkeypatch.setattr(accel, "GRAPH_SPANS", "buckets")
+    monkeypatch.setattr(accel, "GRAPH_SPAN_MIN", 8)
+    captured, replayed = [], []
+
+    def capture(step, state, rows, span, key):
+        captured.append((rows, span))
+        view = state.head(rows)
+        out = torch.zeros(rows, state.groups + 1, dtype=torch.long)
+
+        class Graph:
+            def replay(self) -> None:
+                replayed.append(span)
+                out.copy_(step.fn(step.talker, view, span))
+
+        return Graph(), out, key
+
+    def graphed(talker, options):
+        step = accel.StaticFrameStep(talker, dataclasses.replace(options, compile=False))
+        step.options = dataclasses.replace(step.options, cuda_graphs=True)
+        return step
+
+    call = accel.StaticFrameStep.__call__
+    monkeypatch.setattr(accel.StaticFrameStep, "_capture", capture)
+    # A graph's output lives in its own buffer, which a CUDA runner copies to the host; on a CPU ``.cpu()`` would
+    # hand the runner that buffer itself, overwritten by the next replay.
+    monkeypatch.setattr(accel.StaticFrameStep, "__call__", lambda *a: call(*a).clone())
+    monkeypatch.setattr(api, "make_frame_step", graphed)
+    tts.accel = accel.AccelOptions(max_frames=64)  # below the runner's first allocation: that sets the cache
+    _compare(_run(tts, 4), expected, 1e-5)
+    by_rows: dict[int, list[int]] = {}
+    for rows, span in captured:
+        by_rows.setdefault(rows, []).append(span)
+    assert set(by_rows) == {1, 2, 4}
+    for spans in by_rows.values():  # every span of a bucket (up to its cache's length), once, on its first frame
+        assert spans == accel.graph_spans(spans[-1]) and spans[:3] == [8, 16, 32]
+    assert len(set(replayed)) >= 2  # the streams crossed into a longer span
 
 
 def test_compile_regions_applies_the_products_and_options(tiny_checkpoints, monkeypatch):
