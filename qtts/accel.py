@@ -154,8 +154,8 @@ def _blocks(talker: Talker) -> list[torch.nn.Module]:
 
 
 def _regions(talker: Talker) -> list[torch.nn.Module]:
-    """The modules compiled as regions: each talker block, and the code predictor whole."""
-    return [*talker.model.layers, talker.code_predictor]
+    """The modules compiled as regions: each talker block (the code predictor's ``step`` is the other region)."""
+    return [*talker.model.layers]
 
 
 # Attention inside compiled regions, per decoder: "matmul" (``matmul_attention``: plain products and a softmax,
@@ -208,8 +208,9 @@ def region_attention(device_type: str) -> dict[str, str]:
 
 def compile_regions(talker: Talker, backend: str) -> Kernels:
     """Regional compilation: every talker block (one compiled graph per block shape, shared by all the layers
-    of that shape), the code predictor's transformer as one region (its few layers, RoPE and final norm; 15
-    calls per frame instead of 75 block calls and the eager glue between them), and the sampling functions.
+    of that shape), the code predictor's step as one region (its few layers, RoPE, final norm and the group's
+    output head, passed in so that one graph serves all groups; 15 calls per frame instead of 75 block calls, 15
+    head products and the eager glue between them), and the sampling functions.
     Fuses the many small element-wise ops of norms, RoPE, SwiGLU and sampling; compiles in a fraction of the
     time of the whole frame. Attention is chosen per decoder by ``region_attention`` (on CPU ``matmul_attention``
     everywhere; undone by ``uncompile_regions``), and int8 layers choose their kernel before any trace."""
@@ -226,6 +227,8 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
     options = region_compile_options(device_type)
     for region in _regions(talker):
         region.compile(backend=backend, options=options)
+    predictor = talker.code_predictor  # an instance attribute over the method, until ``uncompile_regions``
+    predictor.step = torch.compile(predictor.step, backend=backend, options=options)
     for layer in talker.modules():
         if isinstance(layer, Int8Linear):
             layer.uses_int8pack()  # decide the kernel now, outside any trace
@@ -238,6 +241,7 @@ def uncompile_regions(talker: Talker) -> None:
     """Undo ``compile_regions`` (the modules run eagerly again)."""
     for region in _regions(talker):
         region._compiled_call_impl = None
+    talker.code_predictor.__dict__.pop("step", None)
     for block in _blocks(talker):
         block.self_attn.__dict__.pop("attend", None)
 

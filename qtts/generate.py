@@ -299,8 +299,7 @@ def predict_groups(talker: Talker, state: FrameState, race: torch.Tensor | None,
                 embeds.append(pred.embed_group(g - 1, codes[-1]))
                 x = embeds[-1][:, None]
             mask = steps.masks[g] if kernels.fixed_span else steps.masks[g][..., :g + 1]
-            h = pred(x, steps.positions[g], caches, mask, steps.rope[g])[:, -1]
-            logits = pred.logits(g, h).float()
+            logits = pred.step(x, steps.positions[g], caches, mask, steps.rope[g], pred.lm_head[g - 1])
         with timed("sampling"):
             codes.append(pick(logits, params, state.seeds, state.steps, g, None if race is None else race[:, g - 1]))
     with timed("other"):

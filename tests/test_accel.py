@@ -325,14 +325,33 @@ def test_compiled_regions_swap_attention_and_back(tiny_checkpoints):
     compile_regions(talker, "eager")
     try:
         assert all(b.self_attn.attend is matmul_attention for b in blocks)
-        # Regions: each talker block, the code predictor whole (its blocks are not compiled on their own).
+        # Regions: each talker block, the code predictor's step whole (its blocks are not compiled on their own).
         assert all(b._compiled_call_impl is not None for b in talker.model.layers)
-        assert talker.code_predictor._compiled_call_impl is not None
+        assert "step" in talker.code_predictor.__dict__ and talker.code_predictor._compiled_call_impl is None
         assert all(b._compiled_call_impl is None for b in talker.code_predictor.model.layers)
     finally:
         uncompile_regions(talker)
     assert all(b.self_attn.attend is sdpa_attention for b in blocks)
     assert all(m._compiled_call_impl is None for m in [*talker.model.layers, talker.code_predictor])
+    assert "step" not in talker.code_predictor.__dict__
+
+
+def test_one_compiled_predictor_step_serves_every_group(tiny_checkpoints):
+    """The code predictor's step takes its group's output head as an argument: its compiled graphs (the first
+    step's two positions, the later steps' one) serve all 15 groups; a head looked up by group inside would
+    specialise a graph per group. The heads' products run inside the region."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from qtts.model.predictor import CodePredictor
+
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
+    expected = tts.synthesize(TEXTS[2], voice=Speaker("eric"), seed=0, options=SynthesisOptions(max_new_tokens=4))
+    torch._dynamo.reset()
+    tts.accelerate(compile=True, compile_backend="eager", max_frames=128)
+    got = tts.synthesize(TEXTS[2], voice=Speaker("eric"), seed=0, options=SynthesisOptions(max_new_tokens=4))
+    assert np.array_equal(got.codes.numpy(), expected.codes.numpy())
+    entries = _debug_get_cache_entry_list(CodePredictor.step.__code__)
+    assert 1 <= len(entries) <= 2
 
 
 def test_codec_work_goes_through_the_codec_context(tiny_checkpoints):

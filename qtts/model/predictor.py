@@ -49,6 +49,13 @@ class CodePredictor(nn.Module):
         """``x [B, S, H_talker]`` -> final-normed hidden ``[B, S, H_predictor]`` (``rope``: see ``Decoder``)."""
         return self.model(self.small_to_mtp_projection(x), positions, caches, mask, rope)
 
+    def step(self, x: torch.Tensor, positions: torch.Tensor, caches: list[LayerCache], mask: torch.Tensor,
+             rope: tuple[torch.Tensor, torch.Tensor], head: nn.Module) -> torch.Tensor:
+        """One step of the frame loop: ``x [B, S, H_talker]`` -> float32 logits ``[B, vocab]`` of its last position
+        through ``head`` (the group's ``lm_head``, an argument: one compiled graph serves every group, with the
+        product inside it; ``qtts.accel.compile_regions`` compiles this method)."""
+        return head(self(x, positions, caches, mask, rope)[:, -1]).float()
+
     def logits(self, group: int, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[..., vocab]`` of code group ``group`` (1..G-1) from ``hidden [..., H_predictor]``."""
         return self.lm_head[group - 1](hidden)
