@@ -38,17 +38,40 @@ from .quant import Int8Linear
 # part of the compiled graph's guard: one graph per row count).
 
 
+# Weight streams per loop on CPU, by weight dtype: the weight's output rows are cut into that many equal parts, one
+# reduction each; inductor runs reductions of equal ranges over the same input in one loop, so each thread reads as
+# many places of the weight at once (each output is the same K-long sum as before: the same values). Two streams
+# took a bfloat16 0.6b frame (`compile,row-kernels`, 2 threads) from 109.6 to 94.1 ms when the machine read ~56 GB/s
+# and from 124.0 to 119.0 ms at ~34 GB/s, int8 from 74.7 to 73.6 ms; float32 (twice the bytes per output row) moved
+# by ±1 % (BENCHMARKS.md, session 11). CUDA keeps one (Triton picks its own tiling).
+STREAMS = {torch.bfloat16: 2, torch.float16: 2, torch.int8: 2}
+
+
+def _parts(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``w [N, K]`` as float32, on CPU in ``STREAMS[w.dtype]`` parts along N when they divide it (else whole)."""
+    wf = w.float()
+    n, streams = w.shape[0], STREAMS.get(w.dtype, 1)
+    if w.is_cuda or streams < 2 or n % streams:
+        return (wf,)
+    return wf.split(n // streams)
+
+
+def _sums(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x [R, K] @ w[N, K]^T -> [R, N]`` in float32: per row and weight part, a float32-accumulated reduction."""
+    parts = _parts(w)
+    rows = [(x[i].float() * parts[0]).sum(-1) if len(parts) == 1
+            else torch.cat([(x[i].float() * p).sum(-1) for p in parts]) for i in range(x.shape[0])]
+    return torch.stack(rows)
+
+
 def _row(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``x [R, K] @ w[N, K]^T -> [R, N]`` as float32-accumulated reductions, cast to ``x.dtype``."""
-    wf = w.float()
-    return torch.stack([(x[i].float() * wf).sum(-1) for i in range(x.shape[0])]).to(x.dtype)
+    return _sums(x, w).to(x.dtype)
 
 
 def _row_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """``x [R, K]`` times int8 ``q [N, K]`` with per-output ``scales [N]`` -> ``[R, N]`` in ``x.dtype``."""
-    qf = q.float()
-    sums = torch.stack([(x[i].float() * qf).sum(-1) for i in range(x.shape[0])])
-    return (sums * scales.float()).to(x.dtype)
+    return (_sums(x, q) * scales.float()).to(x.dtype)
 
 
 class _Kernels:

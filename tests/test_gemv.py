@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -60,6 +61,34 @@ def test_int8_row_product_matches_the_dequantized_product():
     assert torch.allclose(layer(two), F.linear(two, layer.dequantized()) + layer.bias, rtol=1e-5, atol=1e-5)
     three = torch.cat([x, x, x])
     assert torch.equal(layer(three), Int8Linear.forward(layer, three))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
+def test_weight_streams_read_in_one_loop_and_change_no_value(dtype, monkeypatch):
+    """``STREAMS``: a CPU product's output rows cut into parts, each part's reduction run in the same loop as the
+    others (two accumulators: two places of the weight read at once), every output the same sum as with one part,
+    bit for bit; a row count the parts do not divide keeps one."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(2)
+    x = torch.randn(2, 256).to(torch.bfloat16)
+    if dtype == torch.int8:
+        w, scales = torch.randint(-127, 128, (96, 256), dtype=torch.int8), torch.rand(96) + 0.5
+        fn, args = gemv._row_int8, (x, w, scales)
+    else:
+        w = torch.randn(96, 256).to(dtype)
+        fn, args = gemv._row, (x, w)
+    out = {}
+    for streams in (1, 2):
+        monkeypatch.setattr(gemv, "STREAMS", {dtype: streams})
+        torch._dynamo.reset()
+        out[streams], code = run_and_get_code(torch.compile(fn), *args)
+        accumulators = set(re.findall(r"tmp_acc\d+_vec", "\n".join(code)))
+        assert len(accumulators) == 2 * streams  # per loop: each of the 2 rows times each part
+    assert torch.equal(out[1], out[2]) and out[2].shape == (2, 96)
+    monkeypatch.setattr(gemv, "STREAMS", {dtype: 5})  # 96 rows: not divisible, one part
+    assert len(gemv._parts(w)) == 1 and len(gemv._parts(w[:95])) == 5
 
 
 @needs_kernels
