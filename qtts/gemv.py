@@ -42,8 +42,8 @@ from .quant import Int8Linear
 # reduction each; inductor runs reductions of equal ranges over the same input in one loop, so each thread reads as
 # many places of the weight at once (each output is the same K-long sum as before: the same values). Two streams
 # took a bfloat16 0.6b frame (`compile,row-kernels`, 2 threads) from 109.6 to 94.1 ms when the machine read ~56 GB/s
-# and from 124.0 to 119.0 ms at ~34 GB/s, int8 from 74.7 to 73.6 ms; float32 (twice the bytes per output row) moved
-# by ±1 % (BENCHMARKS.md, session 11). CUDA keeps one (Triton picks its own tiling).
+# and from 120.4 to 112.9 ms at ~36 GB/s, int8 from 76.5 to 72.5 ms; float32 (twice the bytes per output row) moved
+# by ±1 % (``bench/frame_ab.py``; BENCHMARKS.md, session 11). CUDA keeps one (Triton picks its own tiling).
 STREAMS = {torch.bfloat16: 2, torch.float16: 2, torch.int8: 2}
 
 

@@ -1,0 +1,118 @@
+"""Two configurations of the single-stream frame step in one process, their frames interleaved (CPU A/B).
+
+    python bench/frame_ab.py --a bfloat16:compile+row-kernels --b bfloat16:compile+row-kernels+fused
+                             [--checkpoint DIR] [--rounds 6] [--frames 8] [--threads 2]
+
+On the shared development machine the memory system changes speed by up to ~2x from one minute to the next, so
+two processes run minutes apart (``bench/frame_rounds.py``) cannot tell a 5 % change from the machine's drift.
+Here both configurations are loaded in one process (two models from the same checkpoint), compiled once each,
+and measured in alternation, ``--frames`` frames at a time, for ``--rounds`` rounds: a phase of the machine hits
+both within a second. Reported: each round's frame times, the median of the per-round ratios B / A, and the read
+bandwidth and floor at the end.
+
+A configuration is ``dtype:accel`` (as in ``frame_rounds.py``: dtype float32, bfloat16 or int8; ``accel`` an
+``--accel`` value with ``+`` for sets), optionally followed by ``@streams=N``: the row kernels' weight streams per
+loop (``qtts.gemv.STREAMS``) for that configuration's weight dtype, set while it is built and measured (dynamo
+guards on it, so each side replays its own compiled code). Two configurations that compile the same way share
+compiled code: that is what they would do in one server too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+class Side:
+    """One configuration: its model, and what to set while it runs."""
+
+    def __init__(self, config: str, checkpoint: str) -> None:
+        import torch
+        from suite import DTYPES
+
+        from qtts import TTS, gemv
+        from qtts.accel import parse_accel
+
+        self.config = config
+        config, _, extra = config.partition("@")
+        dtype_name, accel = config.split(":")
+        dtype, quantize = DTYPES[dtype_name]
+        self.tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
+        weight = torch.int8 if quantize else dtype  # the linear layers' weight dtype
+        self.streams = dict(gemv.STREAMS)
+        if extra:
+            key, _, value = extra.partition("=")
+            if key != "streams":
+                raise SystemExit(f"unknown configuration suffix {extra!r} (use @streams=N)")
+            self.streams[weight] = int(value)
+        with self.active():
+            self.tts.set_accel(parse_accel(accel.replace("+", ","), "cpu"))
+            self.frame_ms(2)  # warm-up: compilation, first frames
+
+    def active(self):
+        """A context in which this side's settings hold."""
+        import contextlib
+
+        from qtts import gemv
+
+        @contextlib.contextmanager
+        def settings():
+            saved = gemv.STREAMS
+            gemv.STREAMS = self.streams
+            try:
+                yield
+            finally:
+                gemv.STREAMS = saved
+
+        return settings()
+
+    def frame_ms(self, frames: int) -> float:
+        from suite import runner_rate
+
+        with self.active():
+            return runner_rate(self.tts, 1, frames)["frame_ms"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--a", required=True)
+    p.add_argument("--b", required=True)
+    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "0.6b-custom_voice"))
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from streaming import cpu_model, git_commit
+    from suite import frame_weight_bytes, read_bandwidth
+
+    a, b = Side(args.a, args.checkpoint), Side(args.b, args.checkpoint)
+    print(f"# {cpu_model()}, {args.threads} torch threads, torch {torch.__version__}, qtts {git_commit()}, "
+          f"checkpoint {Path(args.checkpoint).name}; {args.rounds} rounds of {args.frames} frames each")
+    print(f"A = {a.config}, B = {b.config}")
+    print("| round | A ms | B ms | B / A |")
+    print("|---|---|---|---|")
+    rows = []
+    for r in range(args.rounds):
+        row = (a.frame_ms(args.frames), b.frame_ms(args.frames))
+        rows.append(row)
+        print(f"| {r + 1} | {row[0]:.1f} | {row[1]:.1f} | {row[1] / row[0]:.3f} |", flush=True)
+    read = read_bandwidth(torch.device("cpu"))
+    floor = {side.config: 1000 * frame_weight_bytes(side.tts)["total"] / read for side in (a, b)}
+    ratios = [y / x for x, y in rows]
+    print(f"median A {statistics.median(x for x, _ in rows):.1f} ms, B {statistics.median(y for _, y in rows):.1f} "
+          f"ms; B / A median {statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}]; read "
+          f"{read / 1e9:.1f} GB/s at the end: floor A {floor[a.config]:.1f} ms, B {floor[b.config]:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
