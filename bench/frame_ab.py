@@ -43,7 +43,6 @@ class Side:
         config, _, extra = config.partition("@")
         dtype_name, accel = config.split(":")
         dtype, quantize = DTYPES[dtype_name]
-        self.tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
         weight = torch.int8 if quantize else dtype  # the linear layers' weight dtype
         self.streams = dict(gemv.STREAMS)
         if extra:
@@ -51,6 +50,7 @@ class Side:
             if key != "streams":
                 raise SystemExit(f"unknown configuration suffix {extra!r} (use @streams=N)")
             self.streams[weight] = int(value)
+        self.tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
         with self.active():
             self.tts.set_accel(parse_accel(accel.replace("+", ","), "cpu"))
             self.frame_ms(2)  # warm-up: compilation, first frames

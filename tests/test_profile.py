@@ -102,3 +102,27 @@ def test_profile_reports_the_accelerated_runner_step(tiny_checkpoints, tmp_path,
     assert prof["runner_frame_s"] > 0 and prof["runner_warmup_s"] > 0
     assert main(["profile", "--model", str(tiny_checkpoints["custom_voice"]), "--device", "cpu", "--frames", "2"]) == 0
     assert "runner frame step" not in capsys.readouterr().out  # eager: the parts are the step
+
+
+def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys):
+    """``bench/frame_ab.py``: two configurations in one process, one row per round with both times and their
+    ratio; a side's ``@streams=N`` holds while that side runs and only then."""
+    from qtts import gemv
+
+    spec = importlib.util.spec_from_file_location("bench_frame_ab", REPO / "bench" / "frame_ab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    before = dict(gemv.STREAMS)
+    side = module.Side("bfloat16:eager@streams=3", str(tiny_checkpoints["custom_voice"]))
+    with side.active():
+        assert gemv.STREAMS[torch.bfloat16] == 3 and gemv.STREAMS[torch.int8] == before[torch.int8]
+    assert before == gemv.STREAMS
+    with pytest.raises(SystemExit, match="@streams=N"):
+        module.Side("float32:eager@threads=3", str(tiny_checkpoints["custom_voice"]))
+    capsys.readouterr()
+    module.main(["--a", "float32:eager", "--b", "float32:eager@streams=2", "--rounds", "2", "--frames", "2",
+                 "--threads", "1", "--checkpoint", str(tiny_checkpoints["custom_voice"])])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 2 and all(len(r.split("|")) == 6 for r in rows)
+    assert "A = float32:eager, B = float32:eager@streams=2" in out and "B / A median" in out
