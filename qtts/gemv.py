@@ -59,8 +59,10 @@ def _parts(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
 def _sums(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``x [R, K] @ w[N, K]^T -> [R, N]`` in float32: per row and weight part, a float32-accumulated reduction."""
     parts = _parts(w)
-    rows = [(x[i].float() * parts[0]).sum(-1) if len(parts) == 1
-            else torch.cat([(x[i].float() * p).sum(-1) for p in parts]) for i in range(x.shape[0])]
+    rows = []
+    for i in range(x.shape[0]):
+        xf = x[i].float()
+        rows.append(torch.cat([(xf * p).sum(-1) for p in parts]) if len(parts) > 1 else (xf * parts[0]).sum(-1))
     return torch.stack(rows)
 
 

@@ -27,12 +27,14 @@
 #      plain-product attention, the sort-free filter for one row; never run on a GPU yet), with graphs per span
 #      (a dynamic span), and with row products (float32 and int8 weights); 30-50 s of compilation per bucket;
 #   4. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
-#   5. the same A/B with int8 weights and row products (`--quantize int8`): the reductions read half of
+#   5. with graphs per span, the talker's attention as plain products too (`talker-matmul`: over 256-512 slots
+#      Triton's fused products may beat cuDNN's call, which session 10 kept for whole-cache reads);
+#   5b. the same A/B with int8 weights and row products (`--quantize int8`): the reductions read half of
 #      bfloat16's bytes (cuBLAS cannot take int8 weights: the eager int8 path on a GPU was slower than bfloat16);
 #   6. inductor's GEMM autotuning (`autotune`, `accel.CUDA_COMPILE_OPTIONS`): slow to build, so late;
 #   7. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds).
-# Steps 1-3 fill one call; a second call takes the rest: GPU_CHECK_ONLY="gpu_test_compiled profile frame_speed_int8
-# frame_speed_autotune attention" (whatever the first left).
+# Steps 1-3 fill one call; a second call takes the rest: GPU_CHECK_ONLY="gpu_test_compiled profile
+# frame_speed_talker frame_speed_int8 frame_speed_autotune attention" (whatever the first left).
 # Sessions 9-10 measured the rest (BENCHMARKS.md): eager ~150 ms per frame; `auto` (graphs, fused, codec stream,
 # GQA call) 8.8 ms for 1 stream, 10.4 for 8, 11.5 for 32; the attention and filter variants.
 # The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
@@ -88,6 +90,8 @@ step frame_speed_compiled 330 python3 bench/frame_speed.py --shape 0.6b --dtype 
 step gpu_test_compiled 180 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
     tests/test_accel.py -k compiled
 step profile 80 python3 scripts/gpu_profile.py --shape 0.6b --max-frames 2048 --mode "${GPU_PROFILE_MODE:-$C+$S}"
+step frame_speed_talker 100 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1 --frames 48 \
+    --max-frames 2048 --modes "$C+$S+talker-matmul" --long 240 --out "$OUT/frame_speed_talker.json"
 step frame_speed_int8 90 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --quantize int8 --batches 1 \
     --frames 48 --max-frames 2048 --modes "$C+$S+row-products" --long 240 --out "$OUT/frame_speed_int8.json"
 step frame_speed_autotune 120 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1 --frames 48 \
