@@ -132,7 +132,7 @@ def main() -> None:
         state = runner.state
         with profile(activities=activities) as prof:
             for _ in range(n):
-                step_fn.fn(tts.model.talker, state.head(1), state.cache.max_len)
+                step_fn(state, 1, step_fn.span(state, int(state.positions[0]) + 1))
             sync()
         events = device_events(prof)
         print(f"kernels (the step without its graph; {len(events)} device events):", flush=True)
