@@ -11,9 +11,10 @@ both within a second. Reported: each round's frame times, the median of the per-
 bandwidth and floor at the end.
 
 A configuration is ``dtype:accel`` (as in ``frame_rounds.py``: dtype float32, bfloat16 or int8; ``accel`` an
-``--accel`` value with ``+`` for sets), optionally followed by ``@streams=N``: the row kernels' weight streams per
-loop (``qtts.gemv.STREAMS``) for that configuration's weight dtype, set while it is built and measured (dynamo
-guards on it, so each side replays its own compiled code). Two configurations that compile the same way share
+``--accel`` value with ``+`` for sets), optionally followed by ``@streams=N`` (the row kernels' weight streams per
+loop, ``qtts.gemv.STREAMS``, for that configuration's weight dtype) and ``@fma=off`` (its compiled regions without
+``qtts.accel.CPU_COMPILE_OPTIONS``'s FMA contraction), set while it is built and measured (dynamo guards on the
+streams, so each side replays its own compiled code). Two configurations that compile the same way share
 compiled code: that is what they would do in one server too.
 """
 
@@ -36,39 +37,43 @@ class Side:
         import torch
         from suite import DTYPES
 
-        from qtts import TTS, gemv
+        from qtts import TTS, accel, gemv
         from qtts.accel import parse_accel
 
         self.config = config
         config, _, extra = config.partition("@")
-        dtype_name, accel = config.split(":")
+        dtype_name, accel_parts = config.split(":")
         dtype, quantize = DTYPES[dtype_name]
         weight = torch.int8 if quantize else dtype  # the linear layers' weight dtype
         self.streams = dict(gemv.STREAMS)
-        if extra:
-            key, _, value = extra.partition("=")
-            if key != "streams":
-                raise SystemExit(f"unknown configuration suffix {extra!r} (use @streams=N)")
-            self.streams[weight] = int(value)
+        self.cpu_options = dict(accel.CPU_COMPILE_OPTIONS)
+        for item in filter(None, extra.split("@")):
+            key, _, value = item.partition("=")
+            if key == "streams":
+                self.streams[weight] = int(value)
+            elif key == "fma" and value in ("on", "off"):
+                self.cpu_options = dict(accel.CPU_COMPILE_OPTIONS) if value == "on" else {}
+            else:
+                raise SystemExit(f"unknown configuration suffix {item!r} (use @streams=N or @fma=on|off)")
         self.tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
         with self.active():
-            self.tts.set_accel(parse_accel(accel.replace("+", ","), "cpu"))
+            self.tts.set_accel(parse_accel(accel_parts.replace("+", ","), "cpu"))
             self.frame_ms(2)  # warm-up: compilation, first frames
 
     def active(self):
         """A context in which this side's settings hold."""
         import contextlib
 
-        from qtts import gemv
+        from qtts import accel, gemv
 
         @contextlib.contextmanager
         def settings():
-            saved = gemv.STREAMS
-            gemv.STREAMS = self.streams
+            saved = gemv.STREAMS, accel.CPU_COMPILE_OPTIONS
+            gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = self.streams, self.cpu_options
             try:
                 yield
             finally:
-                gemv.STREAMS = saved
+                gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = saved
 
         return settings()
 

@@ -600,8 +600,7 @@ def test_stream_state_bytes_is_what_a_static_slot_allocates(tiny_checkpoints):
 def test_region_products_and_options_per_device(monkeypatch):
     """Compiled regions on CUDA multiply as ``CUDA_PRODUCTS`` says (cuBLAS until the row reductions are measured
     faster) and take ``CUDA_COMPILE_OPTIONS``; a CPU's products follow ``row_kernels`` alone and its regions take
-    inductor's default options. The row kernel
-    takes one or two CUDA rows, only in compiled code."""
+    ``CPU_COMPILE_OPTIONS`` (FMA contraction). The row kernel takes one or two CUDA rows, only in compiled code."""
     from qtts import accel
 
     assert accel.CUDA_PRODUCTS == "linear" and accel.CUDA_COMPILE_OPTIONS == {}
@@ -613,10 +612,13 @@ def test_region_products_and_options_per_device(monkeypatch):
         accel.region_products("cuda")
     assert [gemv.cuda_rows(r, True) for r in (0, 1, 2, 3, 8)] == [False, True, True, False, False]
     assert not gemv.cuda_rows(1, False)
-    assert accel.region_compile_options("cuda") is None and accel.region_compile_options("cpu") is None
+    fma = {"cpp.enable_floating_point_contract_flag": "fast"}
+    assert accel.region_compile_options("cuda") is None and accel.region_compile_options("cpu") == fma
     monkeypatch.setattr(accel, "CUDA_COMPILE_OPTIONS", {"max_autotune_gemm": True})
     assert accel.region_compile_options("cuda") == {"max_autotune_gemm": True}
     assert accel.region_compile_options("cuda") is not accel.CUDA_COMPILE_OPTIONS  # a copy for each step
+    assert accel.region_compile_options("cpu") == fma and accel.region_compile_options("mps") is None
+    monkeypatch.setattr(accel, "CPU_COMPILE_OPTIONS", {})
     assert accel.region_compile_options("cpu") is None
 
 
@@ -688,7 +690,8 @@ def test_graphed_span_buckets_capture_once_and_equal_eager(tiny_checkpoints, mon
 
 def test_compile_regions_applies_the_products_and_options(tiny_checkpoints, monkeypatch):
     """``compile_regions`` routes the talker's products through the row kernel when ``region_products`` says
-    "rows" (until the next ``set_accel``), and hands ``CUDA_COMPILE_OPTIONS`` to the regions only on CUDA."""
+    "rows" (until the next ``set_accel``), and hands the device's inductor options (on this CPU
+    ``CPU_COMPILE_OPTIONS``) to the regions when the backend is inductor."""
     from qtts import accel
 
     tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
@@ -696,7 +699,10 @@ def test_compile_regions_applies_the_products_and_options(tiny_checkpoints, monk
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
     monkeypatch.setattr(accel, "CUDA_COMPILE_OPTIONS", {"max_autotune_gemm": True})
     accel.compile_regions(tts.model.talker, "inductor")
-    assert seen and all(kw == {"backend": "inductor", "options": None} for kw in seen)
+    assert seen and all(kw == {"backend": "inductor", "options": accel.CPU_COMPILE_OPTIONS} for kw in seen)
+    seen.clear()
+    accel.compile_regions(tts.model.talker, "eager")  # a tracing backend takes no inductor options
+    assert seen and all(kw == {"backend": "eager", "options": None} for kw in seen)
     assert not gemv.uses_row_kernels(tts.model.talker)
     monkeypatch.setattr(accel, "region_products", lambda device_type: "rows")
     accel.compile_regions(tts.model.talker, "inductor")
