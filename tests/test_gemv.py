@@ -92,6 +92,27 @@ def test_weight_streams_read_in_one_loop_and_change_no_value(dtype, monkeypatch)
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_stay_independent_under_the_regions_cpu_options(dtype):
+    """Inside a compiled region on CPU (static shapes, ``accel.CPU_COMPILE_OPTIONS``: FMA contraction) each of a few
+    rows through the row kernel equals that row alone, bit for bit: batched streams keep single-stream values.
+    (The standalone kernel is compiled with dynamic shapes, where contraction parts float32 rows: it keeps
+    inductor's defaults.)"""
+    from qtts import accel
+
+    torch.manual_seed(3)
+    options = accel.region_compile_options("cpu")
+    assert options and options.get("cpp.enable_floating_point_contract_flag") == "fast"
+    w, xs = torch.randn(96, 200).to(dtype), torch.randn(4, 200).to(dtype)
+    torch._dynamo.reset()
+    row = torch.compile(gemv._row, options=options)
+    alone = [row(xs[i:i + 1], w) for i in range(4)]
+    for rows in (2, 4):
+        assert torch.equal(row(xs[:rows], w), torch.cat(alone[:rows]))
+    assert torch.allclose(torch.cat(alone).float(), F.linear(xs, w).float(), rtol=2e-2, atol=2e-2)
+
+
+@needs_kernels
 def test_row_kernels_keep_eager_codes_on_the_tiny_model(tiny_checkpoints):
     """Greedy codes of a single stream with row kernels equal eager's (float32, tiny shape), and switching them
     off restores the model's own forward."""
