@@ -84,7 +84,7 @@ step gpu_tests 110 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gp
     tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
 C=compile+graphs+fused+codec-stream  # the fastest set (session 10's defaults inside); then the variants
 S=span-buckets
-step frame_speed_compiled 330 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
+step frame_speed_compiled 360 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
     --max-frames 2048 --modes "${GPU_SPEED_MODES:-$C,$C+$S,$C+$S+row-products}" --long 240 \
     --out "$OUT/frame_speed_compiled.json"
 step gpu_test_compiled 180 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
