@@ -21,8 +21,10 @@ compiled code: that is what they would do in one server too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,22 +62,17 @@ class Side:
             self.tts.set_accel(parse_accel(accel_parts.replace("+", ","), "cpu"))
             self.frame_ms(2)  # warm-up: compilation, first frames
 
-    def active(self):
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
         """A context in which this side's settings hold."""
-        import contextlib
-
         from qtts import accel, gemv
 
-        @contextlib.contextmanager
-        def settings():
-            saved = gemv.STREAMS, accel.CPU_COMPILE_OPTIONS
-            gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = self.streams, self.cpu_options
-            try:
-                yield
-            finally:
-                gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = saved
-
-        return settings()
+        saved = gemv.STREAMS, accel.CPU_COMPILE_OPTIONS
+        gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = self.streams, self.cpu_options
+        try:
+            yield
+        finally:
+            gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = saved
 
     def frame_ms(self, frames: int) -> float:
         from suite import runner_rate
