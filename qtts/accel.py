@@ -356,7 +356,7 @@ class StaticFrameStep(FrameStep):
         logits = torch.zeros(view.batch, vocabs[0], device=view.seeds.device)
         self.kernels.sample(logits, view.talker_params, view.seeds, view.steps, 0, race0)
         logits = torch.zeros(view.batch, vocabs[1], device=view.seeds.device)
-        self.kernels.sample(logits, view.predictor_params.prepared(vocabs[1]), view.seeds, view.steps, 1, race[:, 0])
+        self.kernels.sample(logits, view.predictor_params, view.seeds, view.steps, 1, race[:, 0])
 
     def _capture(self, state: FrameState, rows: int, span: int, key: tuple
                  ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]:

@@ -117,8 +117,10 @@ class FrameState:
         self.seeds = torch.zeros(batch, dtype=torch.long, **z)
         self.seed_keys = torch.zeros(batch, dtype=torch.long, **z)  # sampling.seed_key of each seed
         self.penalty = torch.ones(batch, **z)
-        self.talker_params = _sampling_tensors(batch, device)
-        self.predictor_params = _sampling_tensors(batch, device)
+        # Each slot's sampling parameters, with the filter's derived tensors (``kth``, ``always_kept``) for the
+        # kind's vocabulary, written once per stream by ``set_params``.
+        self.talker_params = _sampling_tensors(batch, t.vocab_size, device)
+        self.predictor_params = _sampling_tensors(batch, p.vocab_size, device)
         # Host copy of each slot's do_sample (talker, predictor): lets a step of greedy slots skip the sampling
         # filter without reading a device tensor. Shared with views from ``head``.
         self.sampling = [(False, False)] * batch
@@ -128,12 +130,10 @@ class FrameState:
         return self.positions.shape[0]
 
     def set_params(self, row: int, params: StreamParams) -> None:
-        """Write one slot's sampling parameters and seed (host values into device tensors)."""
+        """Write one slot's sampling parameters and seed (host values into device tensors, the sampling
+        filter's derived tensors with them: a few device operations per stream, none per frame)."""
         for tensors, sp in ((self.talker_params, params.talker), (self.predictor_params, params.predictor)):
-            tensors.do_sample[row] = sp.do_sample
-            tensors.temperature[row] = sp.temperature
-            tensors.top_k[row] = sp.top_k
-            tensors.top_p[row] = sp.top_p
+            tensors.set_row(row, sp.do_sample, sp.temperature, sp.top_k, sp.top_p)
         self.penalty[row] = params.talker.repetition_penalty
         self.seeds[row] = params.seed & 0x7FFFFFFFFFFFFFFF
         self.seed_keys[row] = seed_key(params.seed & 0x7FFFFFFFFFFFFFFF)
@@ -167,8 +167,8 @@ class FrameState:
         view.pred_steps = self.pred_steps.head(n)
         for name in _ROW_TENSORS:
             setattr(view, name, getattr(self, name)[rows])
-        view.talker_params = _rows(self.talker_params, rows)
-        view.predictor_params = _rows(self.predictor_params, rows)
+        view.talker_params = self.talker_params.rows(rows)
+        view.predictor_params = self.predictor_params.rows(rows)
         return view
 
     def move_row(self, src: int, dst: int) -> None:
@@ -180,8 +180,7 @@ class FrameState:
             t = getattr(self, name)
             t[dst] = t[src]
         for params in (self.talker_params, self.predictor_params):
-            for t in (params.do_sample, params.temperature, params.top_k, params.top_p):
-                t[dst] = t[src]
+            params.copy_row(src, dst)
         self.sampling[dst] = self.sampling[src]
 
 
@@ -189,17 +188,14 @@ _ROW_TENSORS = ("positions", "steps", "active", "hidden", "code0", "seen", "text
                 "penalty")
 
 
-def _sampling_tensors(batch: int, device: torch.device) -> SamplingTensors:
+def _sampling_tensors(batch: int, vocab: int, device: torch.device) -> SamplingTensors:
+    """``batch`` greedy rows (no top-k, no nucleus) prepared for picks among ``vocab`` tokens."""
     return SamplingTensors(
         do_sample=torch.zeros(batch, dtype=torch.bool, device=device),
         temperature=torch.ones(batch, device=device),
         top_k=torch.zeros(batch, dtype=torch.long, device=device),
         top_p=torch.ones(batch, device=device),
-    )
-
-
-def _rows(params: SamplingTensors, rows: slice) -> SamplingTensors:
-    return SamplingTensors(params.do_sample[rows], params.temperature[rows], params.top_k[rows], params.top_p[rows])
+    ).prepared(vocab)
 
 
 def greedy(logits: torch.Tensor, *_args: object) -> torch.Tensor:
@@ -247,7 +243,7 @@ def _pick_code0(talker: Talker, state: FrameState, logits: torch.Tensor, rows: s
     logits = kernels.code0_logits(logits, state.seen[rows], state.penalty[rows], state.steps[rows],
                                   cfg.codec_eos_token_id, cfg.codebook_size)
     pick = kernels.sampler(state, 0, rows)
-    return pick(logits, _rows(state.talker_params, rows), state.seeds[rows], state.steps[rows], 0, race)
+    return pick(logits, state.talker_params.rows(rows), state.seeds[rows], state.steps[rows], 0, race)
 
 
 @torch.no_grad()
@@ -290,9 +286,6 @@ def predict_groups(talker: Talker, state: FrameState, race: torch.Tensor | None,
     codes = [state.code0]
     pick = kernels.sampler(state, 1)
     params = state.predictor_params
-    if pick is not greedy:  # derived once for the 15 picks
-        with timed("sampling"):
-            params = params.prepared(pred.cfg.vocab_size)
     for g in range(1, G):
         with timed("predictor"):
             if g > 1:

@@ -119,15 +119,42 @@ class SamplingTensors:
     temperature: torch.Tensor  # float, > 0
     top_k: torch.Tensor  # long, 0 = off
     top_p: torch.Tensor  # float in (0, 1]
-    # Derived from top_k / top_p by ``prepared``; None: ``sample`` derives them at every call.
+    # Derived from top_k / top_p by ``prepared`` (kept up to date by ``set_row``); None: ``sample`` derives them
+    # at every call.
     kth: torch.Tensor | None = None  # [B, 1] long: index of each row's k-th largest logit
     always_kept: torch.Tensor | None = None  # [B, V] bool: sorted positions the nucleus cut never drops
 
     def prepared(self, vocab: int) -> SamplingTensors:
-        """These parameters with ``kth`` and ``always_kept`` derived for picks among ``vocab`` tokens: the 15
-        predictor picks of a frame share them (their operations run once per frame, not once per pick)."""
+        """These parameters with ``kth`` and ``always_kept`` derived for picks among ``vocab`` tokens (new
+        tensors). A frame state keeps them per slot (``set_row``): derived once per stream, not per pick."""
         return dataclasses.replace(self, kth=kth_index(self.top_k, vocab),
                                    always_kept=always_kept(self.top_p, vocab, self.top_p.device))
+
+    def set_row(self, row: int, do_sample: bool, temperature: float, top_k: int, top_p: float) -> None:
+        """Write row ``row`` in place (host values into these tensors, which may be views) and, where this
+        object holds them (``prepared``), its ``kth`` and ``always_kept``, derived as ``prepared`` does."""
+        self.do_sample[row] = do_sample
+        self.temperature[row] = temperature
+        self.top_k[row] = top_k
+        self.top_p[row] = top_p
+        if self.always_kept is not None and self.kth is not None:
+            one, vocab = slice(row, row + 1), self.always_kept.shape[-1]
+            self.kth[one] = kth_index(self.top_k[one], vocab)
+            self.always_kept[one] = always_kept(self.top_p[one], vocab, self.top_p.device)
+
+    def tensors(self) -> tuple[torch.Tensor | None, ...]:
+        """All six fields in order (``kth`` and ``always_kept`` None unless prepared)."""
+        return self.do_sample, self.temperature, self.top_k, self.top_p, self.kth, self.always_kept
+
+    def rows(self, rows: slice) -> SamplingTensors:
+        """Views of ``rows`` of every tensor (the derived ones included where present)."""
+        return SamplingTensors(*(None if t is None else t[rows] for t in self.tensors()))
+
+    def copy_row(self, src: int, dst: int) -> None:
+        """Copy row ``src`` of every tensor into row ``dst``."""
+        for t in self.tensors():
+            if t is not None:
+                t[dst] = t[src]
 
 
 def kth_index(top_k: torch.Tensor, vocab: int) -> torch.Tensor:

@@ -283,7 +283,9 @@ def test_static_chunk_decoder_equals_decode_step(tiny64: CodecDecoder) -> None:
     assert got.shape == expected.shape == (1, 1, 37 * tiny64.samples_per_frame)
     assert (got - expected).abs().max().item() <= 1e-12
     for a, b in zip(state_tensors(state), state_tensors(exp_state), strict=True):
-        assert torch.allclose(a.double(), b.double(), rtol=0, atol=1e-12)
+        # Rounding scales with the state's size (a deep layer's |state| ~ 30 gave 1.7e-12 on an AVX-512 CPU).
+        scale = max(1.0, b.abs().max().item()) if b.numel() else 1.0
+        assert torch.allclose(a.double(), b.double(), rtol=0, atol=1e-12 * scale)
     assert len(state_tensors(state)) == len(_state_tensors(state))  # every tensor is carried
 
 

@@ -70,7 +70,7 @@ def test_greedy_steps_skip_the_sampling_filter_with_the_same_codes(tiny_tts):
 
 def test_a_sampled_frame_draws_its_noise_once(tiny_tts):
     """A sampled frame's 16 picks take their race variates from one ``frame_exponentials`` call (with the state's
-    seed keys and token table), and the predictor's 15 picks parameters derived once (``SamplingTensors.prepared``;
+    seed keys and token table), and their filter's derived parameters from the state (written once per stream;
     under CUDA graphs without compilation every operation is a kernel). Greedy frames draw none."""
     from qtts.sampling import frame_exponentials, sample
 
@@ -85,7 +85,10 @@ def test_a_sampled_frame_draws_its_noise_once(tiny_tts):
     def pick(*args):
         calls["sample"] += 1
         calls["drawn"] += args[5] is not None
-        assert (args[1].kth is not None) == (args[4] >= 1)  # the predictor's picks get prepared parameters
+        state = runner.state
+        own = state.predictor_params if args[4] >= 1 else state.talker_params
+        assert args[1].kth.data_ptr() == own.kth.data_ptr()  # the slot's own derived tensors (views)
+        assert args[1].always_kept.data_ptr() == own.always_kept.data_ptr()
         return sample(*args)
 
     kernels = dataclasses.replace(EAGER, noise=noise, sample=pick)
@@ -99,6 +102,50 @@ def test_a_sampled_frame_draws_its_noise_once(tiny_tts):
         with torch.no_grad():
             decode_frame(tts.model.talker, runner.state, runner.state.cache.max_len, kernels)
         assert (calls["noise"], calls["sample"], calls["drawn"]) == expected
+
+
+def test_the_filter_parameters_are_derived_per_stream_not_per_frame(tiny_tts, monkeypatch):
+    """``kth`` and ``always_kept`` of both code kinds follow each slot's parameters through ``set_params`` (also
+    through a view), ``move_row`` and ``prefill``, equal to what ``prepared`` derives; a sampled frame derives
+    none of them again (the code-0 filter used to rebuild ``always_kept [B, V]`` every frame)."""
+    import qtts.sampling as sampling
+
+    tts = tiny_tts["custom_voice"]
+    talker = tts.model.talker
+    vocabs = (talker.cfg.vocab_size, talker.cfg.code_predictor_config.vocab_size)
+    state = FrameState(talker, 3, 32)
+
+    def check() -> None:
+        for params, vocab in zip((state.talker_params, state.predictor_params), vocabs, strict=True):
+            fresh = dataclasses.replace(params, kth=None, always_kept=None).prepared(vocab)
+            assert torch.equal(params.kth, fresh.kth) and torch.equal(params.always_kept, fresh.always_kept)
+
+    check()
+    nucleus = SamplingParams(top_k=7, top_p=0.8)
+    state.set_params(2, StreamParams(nucleus, SamplingParams(top_k=5000, top_p=0.5), seed=1))
+    assert state.talker_params.kth[2, 0] == 6 and not state.talker_params.always_kept[2, 1:].any()
+    assert state.predictor_params.kth[2, 0] == vocabs[1] - 1  # a top-k above the vocabulary cuts nothing
+    check()
+    state.head(2).set_params(1, StreamParams(SAMPLED, nucleus, seed=2))
+    check()
+    state.move_row(2, 0)
+    check()
+    assert state.talker_params.kth[0, 0] == 6
+
+    p = tts.prepare("Derived once.", voice=Speaker("ryan"),
+                    options=SynthesisOptions(sampling=Sampling(top_p=0.9), max_new_tokens=8)).stream
+    state = FrameState(talker, 2, p.prompt.shape[0] + 4)
+    for row in range(2):
+        prefill(talker, state, row, p.prompt, p.trailing, StreamParams(nucleus, nucleus, seed=row))
+    check()
+
+    def derived(*_args):
+        raise AssertionError("a frame derived filter parameters again")
+
+    monkeypatch.setattr(sampling, "kth_index", derived)
+    monkeypatch.setattr(sampling, "always_kept", derived)
+    codes = decode_frame(talker, state, p.prompt.shape[0] + 1, Kernels(greedy_shortcut=False))
+    assert codes.shape == (2, state.groups)
 
 
 def test_the_frame_vector_is_the_frame_embedding_of_its_codes(tiny_tts):
