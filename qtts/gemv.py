@@ -40,11 +40,39 @@ from .quant import Int8Linear
 
 # Weight streams per loop on CPU, by weight dtype: the weight's output rows are cut into that many equal parts, one
 # reduction each; inductor runs reductions of equal ranges over the same input in one loop, so each thread reads as
-# many places of the weight at once (each output is the same K-long sum as before: the same values). Two streams
-# took a bfloat16 0.6b frame (`compile,row-kernels`, 2 threads) from 109.6 to 94.1 ms when the machine read ~56 GB/s
-# and from 120.4 to 112.9 ms at ~36 GB/s, int8 from 76.5 to 72.5 ms; float32 (twice the bytes per output row) moved
-# by ±1 % (``bench/frame_ab.py``; BENCHMARKS.md, session 11). CUDA keeps one (Triton picks its own tiling).
-STREAMS = {torch.bfloat16: 2, torch.float16: 2, torch.int8: 2}
+# many places of the weight at once (each output is the same K-long sum as before: the same values). How many pay
+# depends on the CPU (``bench/frame_ab.py``, 0.6b frame, ``compile,row-kernels``, 2 threads; BENCHMARKS.md):
+# - on the AMD EPYC VM of session 11, two took a bfloat16 frame from 109.6 to 94.1 ms when the machine read ~56
+#   GB/s and from 120.4 to 112.9 ms at ~36 GB/s, int8 from 76.5 to 72.5 ms; four were worse for int8 (1.066 against
+#   two); float32 moved by ±1 % with two;
+# - on the Intel Xeon (AVX-512) VM of session 12 four took a float32 frame from 279 to 243 ms (6 rounds, 0.85-0.89
+#   each) and int8 from 94 to 87 ms against two; bfloat16 gained 3 % from eight against two (kept at two).
+# CUDA keeps one (Triton picks its own tiling). ``STREAMS`` is read when a product is traced.
+STREAMS_BY_VENDOR = {
+    "GenuineIntel": {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2, torch.int8: 4},
+    "": {torch.bfloat16: 2, torch.float16: 2, torch.int8: 2},  # AMD and any other CPU
+}
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``/proc/cpuinfo``'s ``vendor_id``: ``GenuineIntel``, ``AuthenticAMD``...), or ""
+    where it cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def default_streams(vendor: str) -> dict[torch.dtype, int]:
+    """Weight streams per loop by weight dtype for a CPU of ``vendor`` (``STREAMS_BY_VENDOR``; unknown: "")."""
+    return dict(STREAMS_BY_VENDOR.get(vendor, STREAMS_BY_VENDOR[""]))
+
+
+STREAMS = default_streams(cpu_vendor())
 
 
 def _parts(w: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -64,7 +64,7 @@ def test_int8_row_product_matches_the_dequantized_product():
 
 
 @needs_kernels
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
 def test_weight_streams_read_in_one_loop_and_change_no_value(dtype, monkeypatch):
     """``STREAMS``: a CPU product's output rows cut into parts, each part's reduction run in the same loop as the
     others (two accumulators: two places of the weight read at once), every output the same sum as with one part,
@@ -80,13 +80,13 @@ def test_weight_streams_read_in_one_loop_and_change_no_value(dtype, monkeypatch)
         w = torch.randn(96, 256).to(dtype)
         fn, args = gemv._row, (x, w)
     out = {}
-    for streams in (1, 2):
+    for streams in (1, 2, 4):
         monkeypatch.setattr(gemv, "STREAMS", {dtype: streams})
         torch._dynamo.reset()
         out[streams], code = run_and_get_code(torch.compile(fn), *args)
         accumulators = set(re.findall(r"tmp_acc\d+_vec", "\n".join(code)))
         assert len(accumulators) == 2 * streams  # per loop: each of the 2 rows times each part
-    assert torch.equal(out[1], out[2]) and out[2].shape == (2, 96)
+    assert torch.equal(out[1], out[2]) and torch.equal(out[1], out[4]) and out[2].shape == (2, 96)
     monkeypatch.setattr(gemv, "STREAMS", {dtype: 5})  # 96 rows: not divisible, one part
     assert len(gemv._parts(w)) == 1 and len(gemv._parts(w[:95])) == 5
 
