@@ -46,10 +46,11 @@ from .quant import Int8Linear
 #   GB/s and from 120.4 to 112.9 ms at ~36 GB/s, int8 from 76.5 to 72.5 ms; four were worse for int8 (1.066 against
 #   two); float32 moved by ±1 % with two;
 # - on the Intel Xeon (AVX-512) VM of session 12 four took a float32 frame from 279 to 243 ms (6 rounds, 0.85-0.89
-#   each) and int8 from 94 to 87 ms against two; bfloat16 gained 3 % from eight against two (kept at two).
+#   each) and int8 from 94 to 87 ms against two; bfloat16 from 210 to 197 ms with four against two (0.958, 5 of 6
+#   rounds faster; eight: 0.968).
 # CUDA keeps one (Triton picks its own tiling). ``STREAMS`` is read when a product is traced.
 STREAMS_BY_VENDOR = {
-    "GenuineIntel": {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2, torch.int8: 4},
+    "GenuineIntel": {torch.float32: 4, torch.bfloat16: 4, torch.float16: 4, torch.int8: 4},
     "": {torch.bfloat16: 2, torch.float16: 2, torch.int8: 2},  # AMD and any other CPU
 }
 
