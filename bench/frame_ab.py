@@ -13,10 +13,10 @@ bandwidth and floor at the end.
 A configuration is ``dtype:accel`` (as in ``frame_rounds.py``: dtype float32, bfloat16 or int8; ``accel`` an
 ``--accel`` value with ``+`` for sets), optionally followed by ``@streams=N`` (the row kernels' weight streams per
 loop, ``qtts.gemv.STREAMS``, for that configuration's weight dtype), ``@fma=off`` (its compiled regions without
-``qtts.accel.CPU_COMPILE_OPTIONS``'s FMA contraction) and ``@opt=NAME:N`` (an integer inductor option, e.g.
-``@opt=realize_reads_threshold:1``, in its compiled regions), set while it is built and measured (dynamo guards on the
-streams, so each side replays its own compiled code). Two configurations that compile the same way share
-compiled code: that is what they would do in one server too.
+``qtts.accel.CPU_COMPILE_OPTIONS``'s FMA contraction) and ``@opt=NAME:VALUE`` (an integer or true/false inductor
+option, e.g. ``@opt=realize_reads_threshold:1``, in its compiled regions), set while it is built and measured
+(dynamo guards on the streams, so each side replays its own compiled code). Two configurations that compile the
+same way share compiled code: that is what they would do in one server too.
 """
 
 from __future__ import annotations
@@ -58,11 +58,12 @@ class Side:
                 self.cpu_options = {**self.cpu_options, **accel.CPU_COMPILE_OPTIONS} if value == "on" else {
                     k: v for k, v in self.cpu_options.items() if k not in accel.CPU_COMPILE_OPTIONS}
             elif key == "opt" and ":" in value:
-                name, _, number = value.partition(":")
-                self.cpu_options = {**self.cpu_options, name: int(number)}
+                name, _, text = value.partition(":")
+                flag = {"true": True, "false": False}.get(text.lower())
+                self.cpu_options = {**self.cpu_options, name: int(text) if flag is None else flag}
             else:
                 raise SystemExit(f"unknown configuration suffix {item!r} (use @streams=N, @fma=on|off or "
-                                 "@opt=inductor_option:integer)")
+                                 "@opt=inductor_option:integer|true|false)")
         self.tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
         with self.active():
             self.tts.set_accel(parse_accel(accel_parts.replace("+", ","), "cpu"))

@@ -106,7 +106,7 @@ def test_profile_reports_the_accelerated_runner_step(tiny_checkpoints, tmp_path,
 
 def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys):
     """``bench/frame_ab.py``: two configurations in one process, one row per round with both times and their
-    ratio; a side's ``@streams=N`` / ``@fma=off`` / ``@opt=NAME:N`` hold while that side runs and only then."""
+    ratio; a side's ``@streams=N`` / ``@fma=off`` / ``@opt=NAME:VALUE`` hold while that side runs and only then."""
     from qtts import gemv
 
     spec = importlib.util.spec_from_file_location("bench_frame_ab", REPO / "bench" / "frame_ab.py")
@@ -120,9 +120,10 @@ def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys):
         assert gemv.STREAMS[torch.bfloat16] == 3 and gemv.STREAMS[torch.int8] == before[torch.int8]
         assert accel.CPU_COMPILE_OPTIONS == {}
     assert before == gemv.STREAMS and options == accel.CPU_COMPILE_OPTIONS
-    side = module.Side("bfloat16:eager@opt=realize_reads_threshold:1", str(tiny_checkpoints["custom_voice"]))
+    side = module.Side("bfloat16:eager@opt=realize_reads_threshold:1@opt=cpp_wrapper:true",
+                       str(tiny_checkpoints["custom_voice"]))
     with side.active():
-        assert {**options, "realize_reads_threshold": 1} == accel.CPU_COMPILE_OPTIONS
+        assert {**options, "realize_reads_threshold": 1, "cpp_wrapper": True} == accel.CPU_COMPILE_OPTIONS
     assert options == accel.CPU_COMPILE_OPTIONS
     with pytest.raises(SystemExit, match="@streams=N"):
         module.Side("float32:eager@threads=3", str(tiny_checkpoints["custom_voice"]))
