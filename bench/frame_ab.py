@@ -60,6 +60,8 @@ class Side:
             elif key == "opt" and ":" in value:
                 name, _, text = value.partition(":")
                 flag = {"true": True, "false": False}.get(text.lower())
+                if flag is None and not text.lstrip("-").isdigit():
+                    raise SystemExit(f"configuration suffix {item!r}: the value must be an integer, true or false")
                 self.cpu_options = {**self.cpu_options, name: int(text) if flag is None else flag}
             else:
                 raise SystemExit(f"unknown configuration suffix {item!r} (use @streams=N, @fma=on|off or "

@@ -127,6 +127,8 @@ def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys):
     assert options == accel.CPU_COMPILE_OPTIONS
     with pytest.raises(SystemExit, match="@streams=N"):
         module.Side("float32:eager@threads=3", str(tiny_checkpoints["custom_voice"]))
+    with pytest.raises(SystemExit, match="integer, true or false"):
+        module.Side("float32:eager@opt=realize_reads_threshold:many", str(tiny_checkpoints["custom_voice"]))
     capsys.readouterr()
     module.main(["--a", "float32:eager", "--b", "float32:eager@streams=2", "--rounds", "2", "--frames", "2",
                  "--threads", "1", "--checkpoint", str(tiny_checkpoints["custom_voice"])])
