@@ -67,8 +67,8 @@ def test_int8_row_product_matches_the_dequantized_product():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
 def test_weight_streams_read_in_one_loop_and_change_no_value(dtype, monkeypatch):
     """``STREAMS``: a CPU product's output rows cut into parts, each part's reduction run in the same loop as the
-    others (two accumulators: two places of the weight read at once), every output the same sum as with one part,
-    bit for bit; a row count the parts do not divide keeps one."""
+    others (an accumulator per part: as many places of the weight read at once), every output the same sum as with
+    one part, bit for bit; a row count the parts do not divide keeps one."""
     from torch._inductor.utils import run_and_get_code
 
     torch.manual_seed(2)
@@ -89,6 +89,20 @@ def test_weight_streams_read_in_one_loop_and_change_no_value(dtype, monkeypatch)
     assert torch.equal(out[1], out[2]) and torch.equal(out[1], out[4]) and out[2].shape == (2, 96)
     monkeypatch.setattr(gemv, "STREAMS", {dtype: 5})  # 96 rows: not divisible, one part
     assert len(gemv._parts(w)) == 1 and len(gemv._parts(w[:95])) == 5
+
+
+def test_weight_streams_follow_the_cpu_vendor():
+    """``STREAMS`` defaults by CPU vendor: four parts for every weight dtype on Intel (session 12's A/Bs), the AMD
+    table (two for bfloat16 / int8, one for float32) for any other or an unreadable vendor; each call a fresh dict
+    (``STREAMS`` is patched by benchmarks and tests)."""
+    intel = gemv.default_streams("GenuineIntel")
+    assert all(intel[d] == 4 for d in (torch.float32, torch.bfloat16, torch.float16, torch.int8))
+    other = gemv.default_streams("AuthenticAMD")
+    assert other == gemv.default_streams("") and other[torch.bfloat16] == other[torch.int8] == 2
+    assert torch.float32 not in other  # one part
+    intel[torch.float32] = 1
+    assert gemv.default_streams("GenuineIntel")[torch.float32] == 4
+    assert gemv.default_streams(gemv.cpu_vendor()) == gemv.STREAMS
 
 
 @needs_kernels
