@@ -1,28 +1,36 @@
-"""Two configurations of the single-stream frame step in one process, their frames interleaved (CPU A/B).
+"""Two configurations of the frame step in one process, their frames interleaved (CPU A/B).
 
     python bench/frame_ab.py --a bfloat16:compile+row-kernels --b bfloat16:compile+row-kernels+fused
                              [--checkpoint DIR] [--rounds 6] [--frames 8] [--threads 2]
 
 On the shared development machine the memory system changes speed by up to ~2x from one minute to the next, so
-two processes run minutes apart (``bench/frame_rounds.py``) cannot tell a 5 % change from the machine's drift.
-Here both configurations are loaded in one process (two models from the same checkpoint), compiled once each,
-and measured in alternation, ``--frames`` frames at a time, for ``--rounds`` rounds: a phase of the machine hits
-both within a second. Reported: each round's frame times, the median of the per-round ratios B / A, and the read
-bandwidth and floor at the end.
+two processes run minutes apart (``bench/frame_rounds.py``) cannot tell a 5 % change from the machine's drift
+(the same 8-stream step took 411 ms in one run and 534 ms in the next). Here both configurations are loaded in
+one process (two models from the same checkpoint), compiled once each, and measured in alternation,
+``--frames`` frames at a time, for ``--rounds`` rounds: a phase of the machine hits both within a second.
+Reported: each round's frame times, the median of the per-round ratios B / A, and the read bandwidth and floor
+at the end.
 
 A configuration is ``dtype:accel`` (as in ``frame_rounds.py``: dtype float32, bfloat16 or int8; ``accel`` an
-``--accel`` value with ``+`` for sets), optionally followed by ``@streams=N`` (the row kernels' weight streams per
-loop, ``qtts.gemv.STREAMS``, for that configuration's weight dtype), ``@fma=off`` (its compiled regions without
-``qtts.accel.CPU_COMPILE_OPTIONS``'s FMA contraction) and ``@opt=NAME:VALUE`` (an integer or true/false inductor
-option, e.g. ``@opt=realize_reads_threshold:1``, in its compiled regions), set while it is built and measured
-(dynamo guards on the streams, so each side replays its own compiled code). Two configurations that compile the
-same way share compiled code: that is what they would do in one server too.
+``--accel`` value with ``+`` for sets), optionally followed by
+- ``@streams=N``: the row kernels' weight streams per loop (``qtts.gemv.STREAMS``) for its weight dtype;
+- ``@fma=off``: its compiled regions without ``qtts.accel.CPU_COMPILE_OPTIONS``'s FMA contraction;
+- ``@opt=NAME:VALUE``: an integer or true/false inductor option in its compiled regions, e.g.
+  ``@opt=realize_reads_threshold:1``;
+- ``@batch=B``: the step of B live streams instead of one (the report then adds frames per second,
+  B × 1000 / step ms).
+These hold while the side is built and measured (dynamo guards on the streams, so each side replays its own
+compiled code). Two configurations that compile the same way share compiled code: that is what they would do
+in one server too. Each runner preallocates ``MAX_FRAMES`` cache slots per stream instead of the library's
+2048 (a round's streams use a few dozen, and attention reads only the slots in use), so that two float32
+models with 8 streams each fit in memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 import sys
 from collections.abc import Iterator
@@ -31,6 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+MAX_FRAMES = 256  # cache slots per stream in each side's runners (the library default is 2048)
 
 
 class Side:
@@ -49,11 +59,14 @@ class Side:
         dtype, quantize = DTYPES[dtype_name]
         weight = torch.int8 if quantize else dtype  # the linear layers' weight dtype
         self.streams = dict(gemv.STREAMS)
+        self.batch = 1
         self.cpu_options = dict(accel.CPU_COMPILE_OPTIONS)
         for item in filter(None, extra.split("@")):
             key, _, value = item.partition("=")
             if key == "streams":
                 self.streams[weight] = int(value)
+            elif key == "batch" and value.isdigit() and int(value) >= 1:
+                self.batch = int(value)
             elif key == "fma" and value in ("on", "off"):
                 self.cpu_options = {**self.cpu_options, **accel.CPU_COMPILE_OPTIONS} if value == "on" else {
                     k: v for k, v in self.cpu_options.items() if k not in accel.CPU_COMPILE_OPTIONS}
@@ -64,11 +77,12 @@ class Side:
                     raise SystemExit(f"configuration suffix {item!r}: the value must be an integer, true or false")
                 self.cpu_options = {**self.cpu_options, name: int(text) if flag is None else flag}
             else:
-                raise SystemExit(f"unknown configuration suffix {item!r} (use @streams=N, @fma=on|off or "
-                                 "@opt=inductor_option:integer|true|false)")
+                raise SystemExit(f"unknown configuration suffix {item!r} (use @streams=N, @batch=B, @fma=on|off "
+                                 "or @opt=inductor_option:integer|true|false)")
         self.tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
         with self.active():
-            self.tts.set_accel(parse_accel(accel_parts.replace("+", ","), "cpu"))
+            options = parse_accel(accel_parts.replace("+", ","), "cpu")
+            self.tts.set_accel(dataclasses.replace(options, max_frames=MAX_FRAMES))
             self.frame_ms(2)  # warm-up: compilation, first frames
 
     @contextlib.contextmanager
@@ -87,7 +101,7 @@ class Side:
         from suite import runner_rate
 
         with self.active():
-            return runner_rate(self.tts, 1, frames)["frame_ms"]
+            return runner_rate(self.tts, self.batch, frames)["frame_ms"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,6 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     read = read_bandwidth(torch.device("cpu"))
     floor = {side.config: 1000 * frame_weight_bytes(side.tts)["total"] / read for side in (a, b)}
     ratios = [y / x for x, y in rows]
+    if a.batch != 1 or b.batch != 1:  # frames per second: B × 1000 / step ms
+        rate_a, rate_b = ([side.batch * 1000 / row[i] for row in rows] for i, side in enumerate((a, b)))
+        print(f"frames per second (median): A {statistics.median(rate_a):.2f}, B {statistics.median(rate_b):.2f}; "
+              f"B's rate / A's, median of rounds: "
+              f"{statistics.median(y / x for x, y in zip(rate_a, rate_b, strict=True)):.3f}")
     print(f"median A {statistics.median(x for x, _ in rows):.1f} ms, B {statistics.median(y for _, y in rows):.1f} "
           f"ms; B / A median {statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}]; read "
           f"{read / 1e9:.1f} GB/s at the end: floor A {floor[a.config]:.1f} ms, B {floor[b.config]:.1f} ms")

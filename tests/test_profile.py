@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -106,7 +107,8 @@ def test_profile_reports_the_accelerated_runner_step(tiny_checkpoints, tmp_path,
 
 def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys):
     """``bench/frame_ab.py``: two configurations in one process, one row per round with both times and their
-    ratio; a side's ``@streams=N`` / ``@fma=off`` / ``@opt=NAME:VALUE`` hold while that side runs and only then."""
+    ratio; a side's ``@streams=N`` / ``@fma=off`` / ``@opt=NAME:VALUE`` hold while that side runs and only then;
+    ``@batch=B`` steps B streams (and the report adds frames per second)."""
     from qtts import gemv
 
     spec = importlib.util.spec_from_file_location("bench_frame_ab", REPO / "bench" / "frame_ab.py")
@@ -130,9 +132,19 @@ def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys):
     with pytest.raises(SystemExit, match="integer, true or false"):
         module.Side("float32:eager@opt=realize_reads_threshold:many", str(tiny_checkpoints["custom_voice"]))
     capsys.readouterr()
+    with pytest.raises(SystemExit, match="@batch=B"):
+        module.Side("float32:eager@batch=0", str(tiny_checkpoints["custom_voice"]))
     module.main(["--a", "float32:eager", "--b", "float32:eager@streams=2", "--rounds", "2", "--frames", "2",
                  "--threads", "1", "--checkpoint", str(tiny_checkpoints["custom_voice"])])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == 2 and all(len(r.split("|")) == 6 for r in rows)
     assert "A = float32:eager, B = float32:eager@streams=2" in out and "B / A median" in out
+    assert "frames per second" not in out
+    module.main(["--a", "float32:eager", "--b", "float32:eager@batch=3", "--rounds", "1", "--frames", "2",
+                 "--threads", "1", "--checkpoint", str(tiny_checkpoints["custom_voice"])])
+    out = capsys.readouterr().out
+    a_ms, b_ms = (float(v) for v in next(line for line in out.splitlines() if line.startswith("| 1 |")).split("|")[2:4])
+    rate = re.search(r"frames per second \(median\): A ([\d.]+), B ([\d.]+)", out)
+    assert rate and float(rate[1]) == pytest.approx(1000 / a_ms, rel=0.05)
+    assert float(rate[2]) == pytest.approx(3000 / b_ms, rel=0.05)

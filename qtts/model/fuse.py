@@ -3,8 +3,10 @@ projections as another (``fuse_projections_``; ``unfuse_projections_`` undoes it
 
 Per block a frame step then runs 4 products instead of 7. For one stream each product is a matrix-vector
 product, so on a GPU the cost is mostly the kernel count (a frame is ~100 block steps, each kernel a launch
-or a graph node). On CPU: 11 % faster per frame with row kernels alone, the same eagerly, and ~8-20 % slower
-under ``compile`` (inductor already reads the separate weights in shared loops; BENCHMARKS.md).
+or a graph node). On CPU, for one stream: 11 % faster per frame with row kernels alone, the same eagerly, and
+under ``compile`` ~8-20 % slower on an AMD VM and neutral on an Intel one (inductor already reads the separate
+weights in shared loops). For 8 batched streams with packed weights (``qtts.packed``) the larger products read
+faster: a compiled step 6-8 % faster (BENCHMARKS.md, session 13).
 
 The fused weight is the row concatenation of the separate ones (int8 layers: their codes and per-row scales,
 so the quantization is the same either way). The layout is changed in place after loading (checkpoints keep
