@@ -14,10 +14,19 @@ import torch
 
 from qtts import TTS, Sampling, Speaker, SynthesisOptions
 from qtts.cli import main
+from qtts.errors import InputError
 from qtts.profile import FRAME_PARTS, PARTS, profile_synthesis
 from tests.conftest import real_tokenizer_dir
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def keep_threads():
+    """Restore torch's thread count after a benchmark's ``main`` (which sets it from ``--threads``)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_profile_command_parts_cover_the_whole(tiny_checkpoints, tmp_path, capsys):
@@ -105,7 +114,7 @@ def test_profile_reports_the_accelerated_runner_step(tiny_checkpoints, tmp_path,
     assert "runner frame step" not in capsys.readouterr().out  # eager: the parts are the step
 
 
-def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys):
+def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys, keep_threads):
     """``bench/frame_ab.py``: two configurations in one process, one row per round with both times and their
     ratio; a side's ``@streams=N`` / ``@fma=off`` / ``@opt=NAME:VALUE`` hold while that side runs and only then;
     ``@batch=B`` steps B streams (and the report adds frames per second)."""
@@ -148,3 +157,44 @@ def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys):
     rate = re.search(r"frames per second \(median\): A ([\d.]+), B ([\d.]+)", out)
     assert rate and float(rate[1]) == pytest.approx(1000 / a_ms, rel=0.05)
     assert float(rate[2]) == pytest.approx(3000 / b_ms, rel=0.05)
+
+
+def test_frame_speed_runs_modes_with_variant_parts(tmp_path, monkeypatch, keep_threads):
+    """``bench/frame_speed.py`` (the GPU benchmark) on CPU at the tiny shape: variant parts (``span-buckets``,
+    ``row-products``, ``autotune``) set their library choice for their mode only and are not ``--accel`` parts;
+    every mode is reported with its frame times and code parity; a bad mode fails before the model is built."""
+    from qtts import accel, sampling
+    from qtts.model import layers
+
+    spec = importlib.util.spec_from_file_location("bench_frame_speed", REPO / "bench" / "frame_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ("GRAPH_SPANS", "CUDA_PRODUCTS", "CUDA_COMPILE_OPTIONS", "CUDA_ATTENTION"):
+        monkeypatch.setattr(accel, name, getattr(accel, name))
+    monkeypatch.setattr(layers, "STACK_GROUPED_HEADS", layers.STACK_GROUPED_HEADS)
+    monkeypatch.setattr(sampling, "CUDA_FILTER", sampling.CUDA_FILTER)
+    defaults = (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS, dict(accel.CUDA_COMPILE_OPTIONS))
+
+    assert module.mode_options("compile+fused+span-buckets", torch.device("cpu")) == dataclasses.replace(
+        accel.AccelOptions(compile=True, fused=True), max_frames=512)
+    module.use_variants("eager+span-buckets+row-products+autotune")
+    assert (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS, accel.CUDA_COMPILE_OPTIONS) == (
+        "buckets", "rows", {"max_autotune_gemm": True})
+    module.use_variants("eager")
+    assert (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS, dict(accel.CUDA_COMPILE_OPTIONS)) == defaults
+
+    def run(*args: str) -> None:
+        monkeypatch.setattr(sys, "argv", ["frame_speed.py", "--shape", "tiny", "--device", "cpu", *args])
+        module.main()
+
+    with pytest.raises(InputError, match="bogus"):
+        run("--modes", "eager,eager+bogus")
+    out = tmp_path / "speed.json"
+    run("--dtype", "float32", "--modes", "eager,eager+span-buckets+row-products", "--batches", "1,2",
+        "--frames", "2", "--threads", "1", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert list(report["modes"]) == ["eager", "eager+span-buckets+row-products"]
+    for entry in report["modes"].values():
+        assert set(entry["frame_ms"]) == {"1", "2"} and all(ms > 0 for ms in entry["frame_ms"].values())
+        assert entry["codes_match_first"] and entry["x_realtime"] > 0
+    assert (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS) == ("buckets", "rows")  # the last mode's choices hold after it
