@@ -29,7 +29,7 @@ def keep_threads():
     torch.set_num_threads(threads)
 
 
-def test_profile_command_parts_cover_the_whole(tiny_checkpoints, tmp_path, capsys):
+def test_profile_command_parts_cover_the_whole(tiny_checkpoints, tmp_path, capsys, keep_threads):
     """The command runs; every part is present and positive; the independently timed parts add up to (almost)
     the whole run's wall time, so no piece of the synthesis goes untimed."""
     out = tmp_path / "profile.json"
