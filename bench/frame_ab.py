@@ -63,10 +63,14 @@ class Side:
         self.cpu_options = dict(accel.CPU_COMPILE_OPTIONS)
         for item in filter(None, extra.split("@")):
             key, _, value = item.partition("=")
-            if key == "streams":
-                self.streams[weight] = int(value)
-            elif key == "batch" and value.isdigit() and int(value) >= 1:
-                self.batch = int(value)
+            if key in ("streams", "batch"):
+                if not (value.isdigit() and int(value) >= 1):
+                    n = {"streams": "N", "batch": "B"}[key]
+                    raise SystemExit(f"configuration suffix {item!r}: use @{key}={n} with {n} a whole number >= 1")
+                if key == "streams":
+                    self.streams[weight] = int(value)
+                else:
+                    self.batch = int(value)
             elif key == "fma" and value in ("on", "off"):
                 self.cpu_options = {**self.cpu_options, **accel.CPU_COMPILE_OPTIONS} if value == "on" else {
                     k: v for k, v in self.cpu_options.items() if k not in accel.CPU_COMPILE_OPTIONS}

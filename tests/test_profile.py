@@ -143,6 +143,8 @@ def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys, keep_thr
     capsys.readouterr()
     with pytest.raises(SystemExit, match="@batch=B"):
         module.Side("float32:eager@batch=0", str(tiny_checkpoints["custom_voice"]))
+    with pytest.raises(SystemExit, match="@streams=N with N a whole number"):
+        module.Side("float32:eager@streams=abc", str(tiny_checkpoints["custom_voice"]))
     module.main(["--a", "float32:eager", "--b", "float32:eager@streams=2", "--rounds", "2", "--frames", "2",
                  "--threads", "1", "--checkpoint", str(tiny_checkpoints["custom_voice"])])
     out = capsys.readouterr().out
