@@ -18,7 +18,9 @@ A configuration is ``dtype:accel`` (as in ``frame_rounds.py``: dtype float32, bf
 - ``@opt=NAME:VALUE``: an integer or true/false inductor option in its compiled regions, e.g.
   ``@opt=realize_reads_threshold:1``;
 - ``@batch=B``: the step of B live streams instead of one (the report then adds frames per second,
-  B × 1000 / step ms).
+  B × 1000 / step ms);
+- ``@threads=N``: its frames on N torch threads instead of ``--threads`` (e.g. the same configuration on 1 and 2
+  threads: what a second core buys, and with a ``tiny-deep`` checkpoint what the host's per-call work costs).
 These hold while the side is built and measured (dynamo guards on the streams, so each side replays its own
 compiled code). Two configurations that compile the same way share compiled code: that is what they would do
 in one server too. Each runner preallocates ``MAX_FRAMES`` cache slots per stream instead of the library's
@@ -60,17 +62,20 @@ class Side:
         weight = torch.int8 if quantize else dtype  # the linear layers' weight dtype
         self.streams = dict(gemv.STREAMS)
         self.batch = 1
+        self.threads: int | None = None  # None: the process's (--threads)
         self.cpu_options = dict(accel.CPU_COMPILE_OPTIONS)
         for item in filter(None, extra.split("@")):
             key, _, value = item.partition("=")
-            if key in ("streams", "batch"):
+            if key in ("streams", "batch", "threads"):
                 if not (value.isdigit() and int(value) >= 1):
-                    n = {"streams": "N", "batch": "B"}[key]
+                    n = {"streams": "N", "batch": "B", "threads": "N"}[key]
                     raise SystemExit(f"configuration suffix {item!r}: use @{key}={n} with {n} a whole number >= 1")
                 if key == "streams":
                     self.streams[weight] = int(value)
-                else:
+                elif key == "batch":
                     self.batch = int(value)
+                else:
+                    self.threads = int(value)
             elif key == "fma" and value in ("on", "off"):
                 self.cpu_options = {**self.cpu_options, **accel.CPU_COMPILE_OPTIONS} if value == "on" else {
                     k: v for k, v in self.cpu_options.items() if k not in accel.CPU_COMPILE_OPTIONS}
@@ -81,8 +86,8 @@ class Side:
                     raise SystemExit(f"configuration suffix {item!r}: the value must be an integer, true or false")
                 self.cpu_options = {**self.cpu_options, name: int(text) if flag is None else flag}
             else:
-                raise SystemExit(f"unknown configuration suffix {item!r} (use @streams=N, @batch=B, @fma=on|off "
-                                 "or @opt=inductor_option:integer|true|false)")
+                raise SystemExit(f"unknown configuration suffix {item!r} (use @streams=N, @batch=B, @threads=N, "
+                                 "@fma=on|off or @opt=inductor_option:integer|true|false)")
         self.tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
         with self.active():
             options = parse_accel(accel_parts.replace("+", ","), "cpu")
@@ -92,14 +97,19 @@ class Side:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """A context in which this side's settings hold."""
+        import torch
+
         from qtts import accel, gemv
 
-        saved = gemv.STREAMS, accel.CPU_COMPILE_OPTIONS
+        saved = gemv.STREAMS, accel.CPU_COMPILE_OPTIONS, torch.get_num_threads()
         gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = self.streams, self.cpu_options
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         try:
             yield
         finally:
-            gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = saved
+            gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = saved[:2]
+            torch.set_num_threads(saved[2])
 
     def frame_ms(self, frames: int) -> float:
         from suite import runner_rate

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .accel import ACCEL_HELP
 from .errors import QttsError
+from .shapes import SHAPES
 
 
 def _atomic_write_wav(path: Path, audio, sample_rate: int) -> None:
@@ -170,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=cmd_clone_prompt)
 
     mk = sub.add_parser("make-checkpoint", help="write a seeded random-weight checkpoint (untrained)")
-    mk.add_argument("--shape", choices=["tiny", "0.6b", "1.7b"], required=True)
+    mk.add_argument("--shape", choices=list(SHAPES), required=True)
     mk.add_argument("--kind", choices=["base", "custom_voice", "voice_design"], required=True)
     mk.add_argument("--out", required=True)
     mk.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,6 @@
-"""Config files (as dicts) of the released checkpoint shapes, plus a tiny shape for tests and demos.
+"""Config files (as dicts) of the released checkpoint shapes, plus a tiny shape for tests and demos and a
+``tiny-deep`` one for host-overhead benchmarks (tiny widths at the 0.6b's layer counts: a frame step makes as many
+calls as the 0.6b's, each almost free of arithmetic).
 
 ``model_config(shape, kind)`` and ``speech_tokenizer_config(shape)`` return dicts in the official on-disk
 format (what ``config.json`` holds), so a random checkpoint written from them loads in the official
@@ -12,7 +14,7 @@ from typing import Any
 
 from .errors import InputError
 
-SHAPES = ("tiny", "0.6b", "1.7b")
+SHAPES = ("tiny", "tiny-deep", "0.6b", "1.7b")
 
 LANGUAGE_IDS = {
     "chinese": 2055, "english": 2050, "german": 2053, "italian": 2070, "portuguese": 2071,
@@ -50,7 +52,11 @@ _SPEAKER = {
                  enc_se_channels=128),
 }
 _SPEAKER["1.7b"] = _SPEAKER["0.6b"]
-_SIZE_NAME = {"tiny": "0b6", "0.6b": "0b6", "1.7b": "1b7"}
+# tiny-deep: the tiny widths with the 0.6b's layer counts (28 talker layers, 5 predictor layers).
+_TALKER["tiny-deep"] = {**_TALKER["tiny"], "num_hidden_layers": _TALKER["0.6b"]["num_hidden_layers"]}
+_PREDICTOR["tiny-deep"] = {**_PREDICTOR["tiny"], "num_hidden_layers": _PREDICTOR["0.6b"]["num_hidden_layers"]}
+_SPEAKER["tiny-deep"] = _SPEAKER["tiny"]
+_SIZE_NAME = {"tiny": "0b6", "tiny-deep": "0b6", "0.6b": "0b6", "1.7b": "1b7"}
 
 _CODEC_ENCODER = {
     "tiny": dict(hidden_size=32, num_filters=4, num_hidden_layers=2, intermediate_size=64,
@@ -80,7 +86,7 @@ def _check(shape: str, kind: str | None = None) -> None:
 
 
 def model_config(shape: str, kind: str) -> dict[str, Any]:
-    """``config.json`` content for a checkpoint of ``shape`` (tiny / 0.6b / 1.7b) and ``kind``."""
+    """``config.json`` content for a checkpoint of ``shape`` (tiny / tiny-deep / 0.6b / 1.7b) and ``kind``."""
     _check(shape, kind)
     t = dict(_TALKER[shape])
     mrope = t.pop("mrope_section")
@@ -121,9 +127,10 @@ def model_config(shape: str, kind: str) -> dict[str, Any]:
 
 
 def speech_tokenizer_config(shape: str) -> dict[str, Any]:
-    """``speech_tokenizer/config.json`` content: the real codec for 0.6b / 1.7b, a small one for tiny."""
+    """``speech_tokenizer/config.json`` content: the real codec for 0.6b / 1.7b, a small one for tiny and
+    tiny-deep."""
     _check(shape)
-    size = "tiny" if shape == "tiny" else "full"
+    size = "tiny" if shape.startswith("tiny") else "full"
     encoder = dict(
         sampling_rate=24000, frame_rate=12.5, audio_channels=1, num_residual_layers=1,
         upsampling_ratios=[8, 6, 5, 4], kernel_size=7, last_kernel_size=3, residual_kernel_size=3,

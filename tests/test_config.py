@@ -44,6 +44,19 @@ def test_speech_tokenizer_config_matches_release():
     assert shapes.speech_tokenizer_config("0.6b") == raw
 
 
+def test_tiny_deep_has_tiny_widths_at_the_released_layer_counts():
+    """``tiny-deep`` (host-overhead benchmarks): the tiny config with the 0.6b's talker and predictor layer counts,
+    and the tiny codec; it parses like any other."""
+    deep, tiny, real = (shapes.model_config(s, "custom_voice") for s in ("tiny-deep", "tiny", "0.6b"))
+    for part in (lambda c: c["talker_config"], lambda c: c["talker_config"]["code_predictor_config"]):
+        assert part(deep)["num_hidden_layers"] == part(real)["num_hidden_layers"] != part(tiny)["num_hidden_layers"]
+        widths = [{k: v for k, v in part(c).items() if k not in ("num_hidden_layers", "code_predictor_config")}
+                  for c in (deep, tiny)]
+        assert widths[0] == widths[1]
+    assert ModelConfig.from_dict(deep).talker.num_hidden_layers == 28
+    assert shapes.speech_tokenizer_config("tiny-deep") == shapes.speech_tokenizer_config("tiny")
+
+
 def test_missing_key_is_named():
     raw = shapes.model_config("tiny", "base")
     del raw["talker_config"]["hidden_size"]

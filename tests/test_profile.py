@@ -116,8 +116,8 @@ def test_profile_reports_the_accelerated_runner_step(tiny_checkpoints, tmp_path,
 
 def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys, keep_threads):
     """``bench/frame_ab.py``: two configurations in one process, one row per round with both times and their
-    ratio; a side's ``@streams=N`` / ``@fma=off`` / ``@opt=NAME:VALUE`` hold while that side runs and only then;
-    ``@batch=B`` steps B streams (and the report adds frames per second)."""
+    ratio; a side's ``@streams=N`` / ``@fma=off`` / ``@opt=NAME:VALUE`` / ``@threads=N`` hold while that side runs
+    and only then; ``@batch=B`` steps B streams (and the report adds frames per second)."""
     from qtts import gemv
 
     spec = importlib.util.spec_from_file_location("bench_frame_ab", REPO / "bench" / "frame_ab.py")
@@ -136,8 +136,15 @@ def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys, keep_thr
     with side.active():
         assert {**options, "realize_reads_threshold": 1, "cpp_wrapper": True} == accel.CPU_COMPILE_OPTIONS
     assert options == accel.CPU_COMPILE_OPTIONS
-    with pytest.raises(SystemExit, match="@streams=N"):
-        module.Side("float32:eager@threads=3", str(tiny_checkpoints["custom_voice"]))
+    torch.set_num_threads(2)
+    side = module.Side("float32:eager@threads=1", str(tiny_checkpoints["custom_voice"]))
+    with side.active():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(SystemExit, match="@streams=N, @batch=B, @threads=N"):
+        module.Side("float32:eager@cores=3", str(tiny_checkpoints["custom_voice"]))
+    with pytest.raises(SystemExit, match="@threads=N with N a whole number"):
+        module.Side("float32:eager@threads=0", str(tiny_checkpoints["custom_voice"]))
     with pytest.raises(SystemExit, match="integer, true or false"):
         module.Side("float32:eager@opt=realize_reads_threshold:many", str(tiny_checkpoints["custom_voice"]))
     capsys.readouterr()
@@ -201,3 +208,29 @@ def test_frame_speed_runs_modes_with_variant_parts(tmp_path, monkeypatch, keep_t
         assert set(entry["frame_ms"]) == {"1", "2"} and all(ms > 0 for ms in entry["frame_ms"].values())
         assert entry["codes_match_first"] and entry["x_realtime"] > 0
     assert (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS) == ("buckets", "rows")  # the last mode's choices hold after it
+
+
+def test_int8_products_reports_speed_and_error_per_kernel(capsys, keep_threads, monkeypatch):
+    """``bench/int8_products.py`` at one small working set: a row per kernel with its rate and relative errors;
+    the weight-only kernels are as exact as their activations (float32: ~1e-7, bfloat16: ~1e-3) and the W8A8 ones
+    (activations quantized to int8) are not, least of all with outlier channels; an unknown shape is named."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_int8_products", REPO / "bench" / "int8_products.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--threads", "1", "--mib", "2", "--rows", "1,3", "--shapes", "0.6b k/v", "--repeats", "1"])
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 0.6b")]
+    assert len(rows) == 2 * len(module.CONTENDERS)
+    for shape, _mib, r, kernel, kind, gbs, gauss, spiky in (map(str.strip, row) for row in rows):
+        assert shape == "0.6b k/v" and r in ("1", "3") and float(gbs) > 0
+        assert kind == ("weight-only" if kernel in module.WEIGHT_ONLY else "W8A8")
+        gauss, spiky = float(gauss), float(spiky)
+        if kernel == "row kernel":
+            assert gauss < 1e-5 and spiky < 1e-5
+        elif kernel == "int8pack":
+            assert 1e-4 < gauss < 1e-2
+        else:
+            assert 3e-3 < gauss < spiky < 0.5
+    with pytest.raises(SystemExit, match="unknown shape"):
+        module.main(["--shapes", "0.6b qq"])
