@@ -129,6 +129,23 @@ def test_cli_speak_and_make_checkpoint(tiny_checkpoints, tmp_path, capsys):
     assert main(["make-checkpoint", "--shape", "tiny", "--kind", "voice_design", "--out", str(tmp_path / "ck")]) == 2
 
 
+def test_tiny_deep_checkpoint_has_the_0_6b_layer_counts_and_speaks(tmp_path, capsys):
+    """``make-checkpoint --shape tiny-deep`` (the host-cost benchmarks' model): 28 talker and 5 predictor blocks of
+    the tiny width, and it synthesizes like any checkpoint."""
+    out = tmp_path / "deep"
+    assert main(["make-checkpoint", "--shape", "tiny-deep", "--kind", "custom_voice", "--out", str(out)]) == 0
+    tts = TTS.from_pretrained(out, device="cpu")
+    talker = tts.model.talker
+    assert len(talker.model.layers) == 28 and len(talker.code_predictor.model.layers) == 5
+    assert talker.codec_head.weight.shape[1] == 64  # the tiny talker width
+    result = tts.synthesize("Hello.", voice=Speaker(tts.speakers[0]), options=SynthesisOptions(max_new_tokens=3))
+    frames = result.codes.shape[0]
+    assert 1 <= frames <= 3 and result.codes.shape[1] == 16 and len(result.audio) == frames * 1920
+    with pytest.raises(SystemExit):  # argparse names the valid shapes
+        main(["make-checkpoint", "--shape", "deep", "--kind", "base", "--out", str(tmp_path / "x")])
+    assert "invalid choice: 'deep'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_default_frame_budget_follows_text_length(tiny_tts):
     from qtts.request import frame_budget
 
