@@ -20,7 +20,11 @@ A configuration is ``dtype:accel`` (as in ``frame_rounds.py``: dtype float32, bf
 - ``@batch=B``: the step of B live streams instead of one (the report then adds frames per second,
   B × 1000 / step ms);
 - ``@threads=N``: its frames on N torch threads instead of ``--threads`` (e.g. the same configuration on 1 and 2
-  threads: what a second core buys, and with a ``tiny-deep`` checkpoint what the host's per-call work costs).
+  threads: what a second core buys, and with a ``tiny-deep`` checkpoint what the host's per-call work costs);
+- ``@min-weights=N``: the weight-size thresholds below which products keep torch's plain kernels
+  (``qtts.gemv.MIN_WEIGHTS``, ``qtts.packed.MIN_WEIGHTS``, ``qtts.quant.CPU_MIN_INT8PACK_WEIGHTS``; 2^18) set to N:
+  with a ``tiny-deep`` checkpoint, ``@min-weights=0`` routes its small products as the 0.6b's are routed (row
+  kernels, packed weights, int8pack), so that its frame makes the calls a 0.6b frame makes.
 These hold while the side is built and measured (dynamo guards on the streams, so each side replays its own
 compiled code). Two configurations that compile the same way share compiled code: that is what they would do
 in one server too. Each runner preallocates ``MAX_FRAMES`` cache slots per stream instead of the library's
@@ -63,10 +67,15 @@ class Side:
         self.streams = dict(gemv.STREAMS)
         self.batch = 1
         self.threads: int | None = None  # None: the process's (--threads)
+        self.min_weights: int | None = None  # None: the library's thresholds
         self.cpu_options = dict(accel.CPU_COMPILE_OPTIONS)
         for item in filter(None, extra.split("@")):
             key, _, value = item.partition("=")
-            if key in ("streams", "batch", "threads"):
+            if key == "min-weights":
+                if not value.isdigit():
+                    raise SystemExit(f"configuration suffix {item!r}: use @min-weights=N with N a whole number >= 0")
+                self.min_weights = int(value)
+            elif key in ("streams", "batch", "threads"):
                 if not (value.isdigit() and int(value) >= 1):
                     n = {"streams": "N", "batch": "B", "threads": "N"}[key]
                     raise SystemExit(f"configuration suffix {item!r}: use @{key}={n} with {n} a whole number >= 1")
@@ -87,7 +96,7 @@ class Side:
                 self.cpu_options = {**self.cpu_options, name: int(text) if flag is None else flag}
             else:
                 raise SystemExit(f"unknown configuration suffix {item!r} (use @streams=N, @batch=B, @threads=N, "
-                                 "@fma=on|off or @opt=inductor_option:integer|true|false)")
+                                 "@min-weights=N, @fma=on|off or @opt=inductor_option:integer|true|false)")
         self.tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
         with self.active():
             options = parse_accel(accel_parts.replace("+", ","), "cpu")
@@ -99,17 +108,21 @@ class Side:
         """A context in which this side's settings hold."""
         import torch
 
-        from qtts import accel, gemv
+        from qtts import accel, gemv, packed, quant
 
         saved = gemv.STREAMS, accel.CPU_COMPILE_OPTIONS, torch.get_num_threads()
+        sizes = gemv.MIN_WEIGHTS, packed.MIN_WEIGHTS, quant.CPU_MIN_INT8PACK_WEIGHTS
         gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = self.streams, self.cpu_options
         if self.threads is not None:
             torch.set_num_threads(self.threads)
+        if self.min_weights is not None:
+            gemv.MIN_WEIGHTS = packed.MIN_WEIGHTS = quant.CPU_MIN_INT8PACK_WEIGHTS = self.min_weights
         try:
             yield
         finally:
             gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = saved[:2]
             torch.set_num_threads(saved[2])
+            gemv.MIN_WEIGHTS, packed.MIN_WEIGHTS, quant.CPU_MIN_INT8PACK_WEIGHTS = sizes
 
     def frame_ms(self, frames: int) -> float:
         from suite import runner_rate

@@ -116,8 +116,8 @@ def test_profile_reports_the_accelerated_runner_step(tiny_checkpoints, tmp_path,
 
 def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys, keep_threads):
     """``bench/frame_ab.py``: two configurations in one process, one row per round with both times and their
-    ratio; a side's ``@streams=N`` / ``@fma=off`` / ``@opt=NAME:VALUE`` / ``@threads=N`` hold while that side runs
-    and only then; ``@batch=B`` steps B streams (and the report adds frames per second)."""
+    ratio; a side's ``@streams=N`` / ``@fma=off`` / ``@opt=NAME:VALUE`` / ``@threads=N`` / ``@min-weights=N`` hold
+    while that side runs and only then; ``@batch=B`` steps B streams (and the report adds frames per second)."""
     from qtts import gemv
 
     spec = importlib.util.spec_from_file_location("bench_frame_ab", REPO / "bench" / "frame_ab.py")
@@ -141,7 +141,16 @@ def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys, keep_thr
     with side.active():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
-    with pytest.raises(SystemExit, match="@streams=N, @batch=B, @threads=N"):
+    from qtts import packed, quant
+
+    sizes = gemv.MIN_WEIGHTS, packed.MIN_WEIGHTS, quant.CPU_MIN_INT8PACK_WEIGHTS
+    side = module.Side("float32:eager@min-weights=0", str(tiny_checkpoints["custom_voice"]))
+    with side.active():
+        assert (gemv.MIN_WEIGHTS, packed.MIN_WEIGHTS, quant.CPU_MIN_INT8PACK_WEIGHTS) == (0, 0, 0)
+    assert (gemv.MIN_WEIGHTS, packed.MIN_WEIGHTS, quant.CPU_MIN_INT8PACK_WEIGHTS) == sizes != (0, 0, 0)
+    with pytest.raises(SystemExit, match="@min-weights=N with N a whole number >= 0"):
+        module.Side("float32:eager@min-weights=-1", str(tiny_checkpoints["custom_voice"]))
+    with pytest.raises(SystemExit, match="@streams=N, @batch=B, @threads=N, @min-weights=N"):
         module.Side("float32:eager@cores=3", str(tiny_checkpoints["custom_voice"]))
     with pytest.raises(SystemExit, match="@threads=N with N a whole number"):
         module.Side("float32:eager@threads=0", str(tiny_checkpoints["custom_voice"]))
