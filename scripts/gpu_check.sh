@@ -32,9 +32,12 @@
 #   5b. the same A/B with int8 weights and row products (`--quantize int8`): the reductions read half of
 #      bfloat16's bytes (cuBLAS cannot take int8 weights: the eager int8 path on a GPU was slower than bfloat16);
 #   6. inductor's GEMM autotuning (`autotune`, `accel.CUDA_COMPILE_OPTIONS`): slow to build, so late;
-#   7. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds).
+#   7. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds);
+#   8. the same frame at the `tiny-deep` shape (tiny widths, the 0.6b's layer counts: the 0.6b's kernels with
+#      almost no arithmetic), graphed and compiled, and graphed only: how much of the 0.6b's graphed frame is the
+#      kernels' count rather than their work (the 15x-real-time target needs <= 5.33 ms per frame).
 # Steps 1-3 fill one call; a second call takes the rest: GPU_CHECK_ONLY="gpu_test_compiled profile
-# frame_speed_talker frame_speed_int8 frame_speed_autotune attention" (whatever the first left).
+# frame_speed_talker frame_speed_int8 frame_speed_autotune attention frame_speed_deep" (whatever the first left).
 # Sessions 9-10 measured the rest (BENCHMARKS.md): eager ~150 ms per frame; `auto` (graphs, fused, codec stream,
 # GQA call) 8.8 ms for 1 stream, 10.4 for 8, 11.5 for 32; the attention and filter variants.
 # The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
@@ -97,5 +100,7 @@ step frame_speed_int8 90 python3 bench/frame_speed.py --shape 0.6b --dtype bfloa
 step frame_speed_autotune 120 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1 --frames 48 \
     --max-frames 2048 --modes "$C+$S+autotune" --long 240 --out "$OUT/frame_speed_autotune.json"
 step attention 30 python3 scripts/gpu_attention.py
+step frame_speed_deep 90 python3 bench/frame_speed.py --shape tiny-deep --dtype bfloat16 --batches 1,8 --frames 48 \
+    --max-frames 2048 --modes "$C,graphs+fused+codec-stream" --out "$OUT/frame_speed_deep.json"
 echo "done at +$(( $(date +%s) - START ))s" | tee -a "$LOG"
 grep -E "^== |ms/frame|passed|failed|error|Error|x_realtime" "$LOG" | tail -n 60
