@@ -16,7 +16,8 @@ read once). Contenders, in one process:
   oneDNN), rescaled;
 * ``fbgemm`` (W8A8): ``torch.ops.quantized.linear_dynamic`` (activations quantized per call to uint8 with a
   7-bit range on x86, int8 dot products). Its weights are quantized tensors (``torch.qint8``), which torch 2.13
-  deprecates ("will be removed in a future PyTorch release"): a reference, not a candidate.
+  deprecates ("will be removed in a future PyTorch release"): a reference, not a candidate (left out where the
+  quantized engine is not x86 / fbgemm).
 
 The W8A8 kernels multiply int8 by int8 (a dot-product instruction does 4 multiply-adds per 32-bit lane) where
 the weight-only ones convert every weight to float first; they change the numerics: activations keep ~7-8 bits.
@@ -50,8 +51,10 @@ from streaming import cpu_model, git_commit  # noqa: E402
 from qtts import gemv  # noqa: E402
 from qtts.quant import quantize_weight  # noqa: E402
 
-CONTENDERS = ("row kernel", "int8pack", "int_mm", "fbgemm")
 WEIGHT_ONLY = ("row kernel", "int8pack")
+# fbgemm's dynamic product needs an x86 quantized engine (ARM builds have qnnpack only).
+CONTENDERS = (*WEIGHT_ONLY, "int_mm") + (
+    ("fbgemm",) if {"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines) else ())
 
 
 def _time(fn: Callable[[], object], repeats: int) -> float:
@@ -77,22 +80,24 @@ def products(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, copies: lis
     kernels = gemv._kernels()
     xb, sb = x.to(torch.bfloat16), scales.to(torch.bfloat16)
     transposed = [c.t() for c in copies]  # [K, N] views: _int_mm's right operand
-    with warnings.catch_warnings():  # quantized tensors are deprecated (see the module docstring)
-        warnings.simplefilter("ignore", UserWarning)
-        packed = [torch.ops.quantized.linear_prepack(torch._make_per_channel_quantized_tensor(
-            c, scales.double(), torch.zeros_like(scales, dtype=torch.long), 0), None) for c in copies]
-    reduce_range = torch.backends.quantized.engine in ("fbgemm", "x86")
 
     def int_mm() -> list[torch.Tensor]:
         xq, xs = _rows_int8(x)
         return [torch._int_mm(xq, w).float() * xs * scales for w in transposed]
 
-    return {
+    fns = {
         "row kernel": lambda: [kernels.row_int8(x, c, scales) for c in copies],
         "int8pack": lambda: [torch._weight_int8pack_mm(xb, c, sb).float() for c in copies],
         "int_mm": int_mm,
-        "fbgemm": lambda: [torch.ops.quantized.linear_dynamic(x, p, reduce_range) for p in packed],
     }
+    if "fbgemm" in CONTENDERS:
+        with warnings.catch_warnings():  # quantized tensors are deprecated (see the module docstring)
+            warnings.simplefilter("ignore", UserWarning)
+            packed = [torch.ops.quantized.linear_prepack(torch._make_per_channel_quantized_tensor(
+                c, scales.double(), torch.zeros_like(scales, dtype=torch.long), 0), None) for c in copies]
+        reduce_range = torch.backends.quantized.engine in ("fbgemm", "x86")
+        fns["fbgemm"] = lambda: [torch.ops.quantized.linear_dynamic(x, p, reduce_range) for p in packed]
+    return fns
 
 
 def activations(rows: int, k: int, outlier: float, gen: torch.Generator) -> dict[str, torch.Tensor]:
