@@ -30,6 +30,7 @@ import time
 
 import torch
 
+from .compile_limits import raise_recompile_limit
 from .errors import InputError
 from .gemv import use_row_kernels_
 from .generate import EAGER, FrameState, Kernels, decode_frame
@@ -224,8 +225,9 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
     Fuses the many small element-wise ops of norms, RoPE, SwiGLU and sampling; compiles in a fraction of the
     time of the whole frame. Attention is chosen per decoder by ``region_attention`` (on CPU ``matmul_attention``
     everywhere; undone by ``uncompile_regions``), and int8 layers choose their kernel before any trace."""
-    # Region shapes: talker prefill / frame sequence lengths, predictor first / later steps, batch buckets.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    # Region shapes: talker prefill / frame sequence lengths, predictor first / later steps, batch buckets (in this
+    # thread; the thread running the step raises it again: ``FrameStep.enter``).
+    raise_recompile_limit()
     device_type = talker.codec_head.weight.device.type
     kinds = region_attention(device_type)
     for name, blocks in (("talker", talker.model.layers), ("predictor", talker.code_predictor.model.layers)):
@@ -268,6 +270,11 @@ class FrameStep:
     def allocate(self, batch: int, min_len: int) -> FrameState:
         """The runner's frame state: ``batch`` slots, at least ``min_len`` cache slots each."""
         return FrameState(self.talker, batch, min_len)
+
+    def enter(self) -> None:
+        """Ready the calling thread to run the model's compiled code (the compiled regions, the row kernels):
+        dynamo's recompile limit is per thread (``qtts.compile_limits``). The runner calls it before each step."""
+        raise_recompile_limit()
 
     def rows(self, n: int, batch: int) -> int:
         """Slots the step runs for ``n`` live slots (eager: exactly ``n``)."""

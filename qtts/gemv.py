@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import packed
+from .compile_limits import raise_recompile_limit
 from .quant import Int8Linear
 
 # Each activation row is its own reduction over the same weight: inductor fuses the R reductions into one loop
@@ -113,8 +114,9 @@ class _Kernels:
         self.ok: bool | None = None  # None: not tried yet
         # One graph per dtype and shape class (sizes of 1, equal sizes): dynamo's default limit of 8 graphs per
         # function would be reached by a process using several dtypes, after which it runs the reduction
-        # eagerly (materialising float32 copies of the weights: several times slower than linear).
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        # eagerly (materialising float32 copies of the weights: several times slower than linear). Raised here
+        # for this thread; a runner raises it in the thread that steps it (``FrameStep.enter``).
+        raise_recompile_limit()
         self.row = torch.compile(_row, dynamic=True)
         self.row_int8 = torch.compile(_row_int8, dynamic=True)
 

@@ -212,6 +212,7 @@ class Runner:
         """Retire, feed text, admit, then advance every live job that can by one frame (and, pipelined, read
         the previous frame meanwhile). Returns False when nothing could be done (every live job waits for
         text, or there is nothing to run)."""
+        self.step_fn.enter()  # this thread may run compiled code for the first time (prefill, the frame step)
         worked = self._drop_cancelled()
         for job in self.live:
             worked |= self._feed(job)

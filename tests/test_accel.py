@@ -390,6 +390,36 @@ def test_codec_work_goes_through_the_codec_context(tiny_checkpoints):
     assert frames > 1 and sum(len(c.audio) for c in chunks) == frames * tts.codec.decoder.samples_per_frame
 
 
+def test_a_runner_raises_the_recompile_limit_in_the_thread_that_steps_it(tiny_checkpoints):
+    """dynamo's config is per thread: the recompile limit raised where the regions were compiled does not hold in
+    a thread that steps the runner (a server's engine thread), where past 8 graphs per function dynamo ran the
+    talker blocks eagerly for the larger batch buckets. A runner's step raises it in its own thread first."""
+    import threading
+
+    from qtts.accel import AccelOptions
+    from qtts.compile_limits import RECOMPILE_LIMIT
+
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
+    tts.set_accel(AccelOptions(compile=True, compile_backend="eager", max_frames=64))
+    runner = tts.new_runner(1, decode=False)  # the regions are compiled in this thread
+    assert torch._dynamo.config.recompile_limit >= RECOMPILE_LIMIT
+    prepared = tts.prepare(TEXTS[0], voice=Speaker("ryan"), seed=0, options=SynthesisOptions(max_new_tokens=4))
+    seen, chunks = [], []
+
+    def work() -> None:
+        seen.append(torch._dynamo.config.recompile_limit)  # a new thread: torch's default
+        runner.submit(prepared.job(chunks.append))
+        while not runner.idle:
+            runner.step()
+        seen.append(torch._dynamo.config.recompile_limit)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert seen[0] < RECOMPILE_LIMIT <= seen[1]
+    assert 1 <= sum(c.codes.shape[0] for c in chunks) <= 4  # the stream ran, compiled, in that thread
+
+
 def test_parse_codec_stream():
     from qtts.accel import parse_accel
 
