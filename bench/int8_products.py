@@ -35,7 +35,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from row_kernels import SHAPES  # noqa: E402
+from row_kernels import _time as best_time  # noqa: E402
 from streaming import cpu_model, git_commit  # noqa: E402
 
 from qtts import gemv  # noqa: E402
@@ -55,16 +55,6 @@ WEIGHT_ONLY = ("row kernel", "int8pack")
 # fbgemm's dynamic product needs an x86 quantized engine (ARM builds have qnnpack only).
 CONTENDERS = (*WEIGHT_ONLY, "int_mm") + (
     ("fbgemm",) if {"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines) else ())
-
-
-def _time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +118,7 @@ def run(shapes: list[str], mibs: list[int], rows: list[int], outlier: float, rep
                         errors[c][kind] = float((fn()[0] - want).norm() / want.norm())
                 x = torch.randn(r, k, generator=gen)
                 for c, fn in products(x, q, scales, copies).items():
-                    seconds = _time(fn, repeats)
+                    seconds = best_time(fn, repeats)
                     results.append({"shape": name, "mib": len(copies) * n * k / 2**20, "rows": r, "contender": c,
                                     "gbs": len(copies) * n * k / seconds / 1e9, "errors": errors[c]})
     return results
