@@ -24,7 +24,9 @@ A configuration is ``dtype:accel`` (as in ``frame_rounds.py``: dtype float32, bf
 - ``@min-weights=N``: the weight-size thresholds below which products keep torch's plain kernels
   (``qtts.gemv.MIN_WEIGHTS``, ``qtts.packed.MIN_WEIGHTS``, ``qtts.quant.CPU_MIN_INT8PACK_WEIGHTS``; 2^18) set to N:
   with a ``tiny-deep`` checkpoint, ``@min-weights=0`` routes its small products as the 0.6b's are routed (row
-  kernels, packed weights, int8pack), so that its frame makes the calls a 0.6b frame makes.
+  kernels, packed weights, int8pack), so that its frame makes the calls a 0.6b frame makes;
+- ``@region-blocks=N``: its frames' talker blocks N at a time in one compiled call
+  (``qtts.accel.TALKER_REGION_BLOCKS["cpu"]``; 1: each block its own call).
 These hold while the side is built and measured (dynamo guards on the streams, so each side replays its own
 compiled code). Two configurations that compile the same way share compiled code: that is what they would do
 in one server too. Each runner preallocates ``MAX_FRAMES`` cache slots per stream instead of the library's
@@ -68,6 +70,7 @@ class Side:
         self.batch = 1
         self.threads: int | None = None  # None: the process's (--threads)
         self.min_weights: int | None = None  # None: the library's thresholds
+        self.region_blocks = accel.TALKER_REGION_BLOCKS["cpu"]
         self.cpu_options = dict(accel.CPU_COMPILE_OPTIONS)
         for item in filter(None, extra.split("@")):
             key, _, value = item.partition("=")
@@ -75,14 +78,16 @@ class Side:
                 if not value.isdigit():
                     raise SystemExit(f"configuration suffix {item!r}: use @min-weights=N with N a whole number >= 0")
                 self.min_weights = int(value)
-            elif key in ("streams", "batch", "threads"):
+            elif key in ("streams", "batch", "threads", "region-blocks"):
                 if not (value.isdigit() and int(value) >= 1):
-                    n = {"streams": "N", "batch": "B", "threads": "N"}[key]
+                    n = "B" if key == "batch" else "N"
                     raise SystemExit(f"configuration suffix {item!r}: use @{key}={n} with {n} a whole number >= 1")
                 if key == "streams":
                     self.streams[weight] = int(value)
                 elif key == "batch":
                     self.batch = int(value)
+                elif key == "region-blocks":
+                    self.region_blocks = int(value)
                 else:
                     self.threads = int(value)
             elif key == "fma" and value in ("on", "off"):
@@ -96,7 +101,8 @@ class Side:
                 self.cpu_options = {**self.cpu_options, name: int(text) if flag is None else flag}
             else:
                 raise SystemExit(f"unknown configuration suffix {item!r} (use @streams=N, @batch=B, @threads=N, "
-                                 "@min-weights=N, @fma=on|off or @opt=inductor_option:integer|true|false)")
+                                 "@region-blocks=N, @min-weights=N, @fma=on|off or "
+                                 "@opt=inductor_option:integer|true|false)")
         self.tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
         with self.active():
             options = parse_accel(accel_parts.replace("+", ","), "cpu")
@@ -110,9 +116,10 @@ class Side:
 
         from qtts import accel, gemv, packed, quant
 
-        saved = gemv.STREAMS, accel.CPU_COMPILE_OPTIONS, torch.get_num_threads()
+        saved = gemv.STREAMS, accel.CPU_COMPILE_OPTIONS, torch.get_num_threads(), dict(accel.TALKER_REGION_BLOCKS)
         sizes = gemv.MIN_WEIGHTS, packed.MIN_WEIGHTS, quant.CPU_MIN_INT8PACK_WEIGHTS
         gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = self.streams, self.cpu_options
+        accel.TALKER_REGION_BLOCKS["cpu"] = self.region_blocks
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         if self.min_weights is not None:
@@ -122,6 +129,8 @@ class Side:
         finally:
             gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = saved[:2]
             torch.set_num_threads(saved[2])
+            accel.TALKER_REGION_BLOCKS.clear()
+            accel.TALKER_REGION_BLOCKS.update(saved[3])
             gemv.MIN_WEIGHTS, packed.MIN_WEIGHTS, quant.CPU_MIN_INT8PACK_WEIGHTS = sizes
 
     def frame_ms(self, frames: int) -> float:

@@ -17,8 +17,9 @@ Usage: ``python bench/frame_speed.py --shape 0.6b --device cuda --dtype bfloat16
 variants predictor-matmul / -sdpa, talker-matmul / -sdpa (how compiled blocks attend: plain products or torch's
 fused kernel), gqa / stacked-heads (torch's GQA call, or query heads stacked per KV head), pairwise-filter /
 sort-filter (how compiled sampling filters), row-products / linear-products (how compiled regions multiply one or
-two rows), autotune (inductor's max_autotune_gemm) and span-buckets / whole-cache (how many cache slots graphed
-talker attention reads: ``accel.GRAPH_SPANS``); a mode without a variant part takes the library's default).
+two rows), autotune (inductor's max_autotune_gemm), span-buckets / whole-cache (how many cache slots graphed
+talker attention reads: ``accel.GRAPH_SPANS``) and seven-block-regions / one-block-regions (talker blocks per
+compiled call in frames: ``accel.TALKER_REGION_BLOCKS``); a mode without a variant part takes the library's default).
 Absolute times only mean something on a GPU; on CPU compare modes within one run.
 """
 
@@ -53,10 +54,12 @@ VARIANTS = {
     "row-products": ("products", "rows"), "linear-products": ("products", "linear"),
     "autotune": ("options", {"max_autotune_gemm": True}),
     "span-buckets": ("spans", "buckets"), "whole-cache": ("spans", "whole"),
+    "seven-block-regions": ("region_blocks", 7), "one-block-regions": ("region_blocks", 1),
 }
 DEFAULTS = {"predictor": accel.CUDA_ATTENTION["predictor"], "talker": accel.CUDA_ATTENTION["talker"],
             "stack": layers.STACK_GROUPED_HEADS, "filter": sampling.CUDA_FILTER, "products": accel.CUDA_PRODUCTS,
-            "options": dict(accel.CUDA_COMPILE_OPTIONS), "spans": accel.GRAPH_SPANS}
+            "options": dict(accel.CUDA_COMPILE_OPTIONS), "spans": accel.GRAPH_SPANS,
+            "region_blocks": accel.TALKER_REGION_BLOCKS["cuda"]}
 
 
 def mode_options(mode: str, device: torch.device, max_frames: int = 512) -> AccelOptions:
@@ -77,6 +80,7 @@ def use_variants(mode: str) -> None:
     accel.CUDA_PRODUCTS = choice["products"]
     accel.CUDA_COMPILE_OPTIONS = dict(choice["options"])
     accel.GRAPH_SPANS = choice["spans"]
+    accel.TALKER_REGION_BLOCKS["cuda"] = choice["region_blocks"]
 
 
 def _sync(device: torch.device) -> None:

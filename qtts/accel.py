@@ -191,6 +191,56 @@ CUDA_COMPILE_OPTIONS: dict[str, object] = {}
 CPU_COMPILE_OPTIONS: dict[str, object] = {"cpp.enable_floating_point_contract_flag": "fast"}
 
 
+# Talker blocks per compiled region in frame steps (one query row per stream), by device type: 1 calls each block's
+# own compiled graph (28 calls per 0.6b frame); N > 1 runs N blocks in turn as one compiled call (``BlockRegions``:
+# one graph, shared by every run of N blocks). Prefill keeps one call per block. On CPU, 7 (4 calls per frame) took
+# an int8 0.6b frame from 84.5 to 81.9 ms (in-process A/B, 10 rounds, 9 faster; 28 blocks in one region gave
+# nothing more: 0.998 against 7) and costs ~18 s more compilation on a cold inductor cache (85 -> 103 s for the
+# first frames; BENCHMARKS.md, session 15). CUDA keeps 1 until measured there (a graphed frame replays its kernels
+# whatever the regions; ``bench/frame_speed.py`` mode part ``seven-block-regions``). Read when a compiled frame step
+# is made.
+TALKER_REGION_BLOCKS: dict[str, int] = {"cpu": 7, "cuda": 1}
+
+
+def region_blocks(device_type: str) -> int:
+    """Talker blocks per compiled region in frame steps on a device type (``TALKER_REGION_BLOCKS``; others: 1)."""
+    blocks = TALKER_REGION_BLOCKS.get(device_type, 1)
+    if not (isinstance(blocks, int) and blocks >= 1):
+        raise ValueError(f"TALKER_REGION_BLOCKS[{device_type!r}] must be a whole number >= 1, not {blocks!r}")
+    return blocks
+
+
+def _run_blocks(blocks: tuple[torch.nn.Module, ...], x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                caches: list, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``blocks`` in turn over ``x [B, S, hidden]``, each with its layer cache (``Decoder.run_layers`` 's loop)."""
+    for block, cache in zip(blocks, caches, strict=True):
+        x = block.forward(x, rope, cache, positions, mask)
+    return x
+
+
+class BlockRegions:
+    """A decoder's layer loop with frame steps' blocks run ``size`` at a time as one compiled call: an instance
+    attribute over ``Decoder.run_layers`` from ``compile_regions`` until ``uncompile_regions``. The blocks are
+    arguments of the compiled function, so one graph (per input shape class) serves every run of ``size`` blocks
+    (and one more a shorter last run). Inputs of more than one position (prefill) take the blocks' own regions."""
+
+    def __init__(self, decoder: torch.nn.Module, size: int, backend: str, options: dict | None) -> None:
+        self.decoder, self.size = decoder, size
+        layers = list(decoder.layers)
+        self.runs = [tuple(layers[i:i + size]) for i in range(0, len(layers), size)]
+        self.compiled = torch.compile(_run_blocks, backend=backend, options=options)
+
+    def __call__(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], caches: list,
+                 positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 1:
+            return type(self.decoder).run_layers(self.decoder, x, rope, caches, positions, mask)
+        start = 0
+        for blocks in self.runs:
+            x = self.compiled(blocks, x, rope, caches[start:start + len(blocks)], positions, mask)
+            start += len(blocks)
+        return x
+
+
 def region_products(device_type: str) -> str:
     """How compiled regions multiply on a device type (see ``CUDA_PRODUCTS``; CPUs: as ``row_kernels`` says)."""
     if device_type != "cuda":
@@ -219,9 +269,10 @@ def region_attention(device_type: str) -> dict[str, str]:
 
 def compile_regions(talker: Talker, backend: str) -> Kernels:
     """Regional compilation: every talker block (one compiled graph per block shape, shared by all the layers
-    of that shape), the code predictor's step as one region (its few layers, RoPE, final norm and the group's
-    output head, passed in so that one graph serves all groups; 15 calls per frame instead of 75 block calls, 15
-    head products and the eager glue between them), and the sampling functions.
+    of that shape; frame steps call ``region_blocks`` blocks at a time: ``BlockRegions``), the code predictor's
+    step as one region (its few layers, RoPE, final norm and the group's output head, passed in so that one graph
+    serves all groups; 15 calls per frame instead of 75 block calls, 15 head products and the eager glue between
+    them), and the sampling functions.
     Fuses the many small element-wise ops of norms, RoPE, SwiGLU and sampling; compiles in a fraction of the
     time of the whole frame. Attention is chosen per decoder by ``region_attention`` (on CPU ``matmul_attention``
     everywhere; undone by ``uncompile_regions``), and int8 layers choose their kernel before any trace."""
@@ -229,7 +280,7 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
     # thread; the thread running the step raises it again: ``FrameStep.enter``).
     raise_recompile_limit()
     device_type = talker.codec_head.weight.device.type
-    kinds = region_attention(device_type)
+    kinds, per_call = region_attention(device_type), region_blocks(device_type)
     for name, blocks in (("talker", talker.model.layers), ("predictor", talker.code_predictor.model.layers)):
         if kinds[name] == "matmul":
             for block in blocks:
@@ -239,6 +290,8 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
     options = region_compile_options(device_type) if backend == "inductor" else None  # others take none
     for region in _regions(talker):
         region.compile(backend=backend, options=options)
+    if per_call > 1:
+        talker.model.run_layers = BlockRegions(talker.model, per_call, backend, options)
     predictor = talker.code_predictor  # an instance attribute over the method, until ``uncompile_regions``
     predictor.step = torch.compile(predictor.step, backend=backend, options=options)
     for layer in talker.modules():
@@ -254,6 +307,7 @@ def uncompile_regions(talker: Talker) -> None:
     for region in _regions(talker):
         region._compiled_call_impl = None
     talker.code_predictor.__dict__.pop("step", None)
+    talker.model.__dict__.pop("run_layers", None)
     for block in _blocks(talker):
         block.self_attn.__dict__.pop("attend", None)
 

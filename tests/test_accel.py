@@ -13,7 +13,7 @@ from torch._inductor.utils import run_and_get_code
 from qtts import TTS, ChunkPolicy, InputError, Sampling, Speaker, SynthesisOptions, gemv
 from qtts.engine import Engine, EngineConfig
 from qtts.model.cache import LayerCache, causal_mask
-from qtts.model.layers import matmul_attention, sdpa_attention
+from qtts.model.layers import additive_mask, matmul_attention, sdpa_attention
 
 TEXTS = ["Static shapes give the same codes.", "A second stream, longer than the first one.", "Third."]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -599,6 +599,78 @@ def test_decoders_hand_their_layers_one_additive_mask(tiny_tts):
     assert len(seen) == len(decoder.layers) and all(mask is seen[0] for mask in seen)
     assert seen[0].dtype == torch.float32 and set(seen[0].unique().tolist()) == {0.0, float("-inf")}
 
+
+
+def test_block_regions_run_the_blocks_in_turn_with_one_graph_per_run_length():
+    """``BlockRegions`` (talker blocks N at a time in one compiled call, frame steps only): the same hidden states
+    and cache writes as the plain layer loop; the blocks are arguments, so the two runs of two blocks share one
+    graph and the last single block takes a second (a graph specialised on the blocks would make three);
+    more than one position (prefill) goes through the plain loop, not the compiled call."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from qtts import accel
+    from qtts.model.cache import KVCache
+    from qtts.model.layers import Decoder
+
+    torch.manual_seed(0)
+    decoder = Decoder(32, 64, 5, 4, 2, 8, 1e-6, 10000.0).eval()
+    for block in decoder.layers:
+        block.self_attn.attend = matmul_attention
+
+    def run(loop, positions: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = KVCache(5, 2, 2, 16, 8, "cpu", torch.float32)
+        for p in range(int(positions[0, 0])):  # fill the earlier slots (every layer) with the same values
+            cache.k[:, :, :, p] = cache.v[:, :, :, p] = 0.1 * (p + 1)
+        with torch.no_grad():
+            rope = decoder.rotary.cos_sin(positions, x.dtype)
+            mask = additive_mask(causal_mask(positions, 16), x.dtype)
+            return loop(x, rope, cache.layers, positions, mask), cache.k.clone()
+
+    torch._dynamo.reset()
+    regions = accel.BlockRegions(decoder, 2, "eager", None)
+    assert [len(run_) for run_ in regions.runs] == [2, 2, 1]
+    x, positions = torch.randn(2, 1, 32), torch.tensor([[3], [5]])
+    expected, expected_k = run(decoder.run_layers, positions, x)
+    got, got_k = run(regions, positions, x)
+    assert torch.equal(got, expected) and torch.equal(got_k, expected_k)
+    assert len(_debug_get_cache_entry_list(accel._run_blocks.__code__)) == 2
+    prompt, at = torch.randn(2, 4, 32), torch.arange(4).expand(2, 4)
+    calls = []
+    regions.compiled = lambda *args: calls.append(args)  # must not be called for a prompt
+    got, got_k = run(regions, at, prompt)
+    expected, expected_k = run(decoder.run_layers, at, prompt)
+    assert not calls and torch.equal(got, expected) and torch.equal(got_k, expected_k)
+
+
+def test_compile_regions_runs_talker_blocks_as_region_blocks_says(tiny_checkpoints, monkeypatch):
+    """``compile_regions`` puts ``BlockRegions`` over the talker's layer loop when ``TALKER_REGION_BLOCKS`` asks
+    for more than one block per call on the device (CPU: 7 by default), not over the code predictor's; the codes
+    are eager's; ``uncompile_regions`` takes it off; a bad value is named."""
+    from qtts import accel
+    from qtts.accel import compile_regions, uncompile_regions
+
+    assert accel.region_blocks("cpu") == 7 and accel.region_blocks("cuda") == 1 and accel.region_blocks("mps") == 1
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
+    options = SynthesisOptions(max_new_tokens=6)
+    expected = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=options).codes
+    talker = tts.model.talker
+    monkeypatch.setitem(accel.TALKER_REGION_BLOCKS, "cpu", 1)
+    compile_regions(talker, "eager")
+    assert "run_layers" not in talker.model.__dict__
+    uncompile_regions(talker)
+    monkeypatch.setitem(accel.TALKER_REGION_BLOCKS, "cpu", 2)
+    tts.accelerate(compile=True, compile_backend="eager", max_frames=64)
+    got = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=options).codes
+    assert torch.equal(got, expected)
+    regions = talker.model.__dict__["run_layers"]
+    assert isinstance(regions, accel.BlockRegions) and regions.runs == [tuple(talker.model.layers)]
+    assert "run_layers" not in talker.code_predictor.model.__dict__
+    uncompile_regions(talker)
+    assert "run_layers" not in talker.model.__dict__
+    monkeypatch.setitem(accel.TALKER_REGION_BLOCKS, "cpu", 0)
+    with pytest.raises(ValueError, match="TALKER_REGION_BLOCKS"):
+        compile_regions(talker, "eager")
+    assert all(b._compiled_call_impl is None for b in talker.model.layers)  # refused before any change
 
 
 def test_region_attention_per_device(monkeypatch):

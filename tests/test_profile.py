@@ -116,8 +116,9 @@ def test_profile_reports_the_accelerated_runner_step(tiny_checkpoints, tmp_path,
 
 def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys, keep_threads):
     """``bench/frame_ab.py``: two configurations in one process, one row per round with both times and their
-    ratio; a side's ``@streams=N`` / ``@fma=off`` / ``@opt=NAME:VALUE`` / ``@threads=N`` / ``@min-weights=N`` hold
-    while that side runs and only then; ``@batch=B`` steps B streams (and the report adds frames per second)."""
+    ratio; a side's ``@streams=N`` / ``@fma=off`` / ``@opt=NAME:VALUE`` / ``@threads=N`` / ``@min-weights=N`` /
+    ``@region-blocks=N`` hold while that side runs and only then; ``@batch=B`` steps B streams (and the report
+    adds frames per second)."""
     from qtts import gemv
 
     spec = importlib.util.spec_from_file_location("bench_frame_ab", REPO / "bench" / "frame_ab.py")
@@ -150,7 +151,14 @@ def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys, keep_thr
     assert (gemv.MIN_WEIGHTS, packed.MIN_WEIGHTS, quant.CPU_MIN_INT8PACK_WEIGHTS) == sizes != (0, 0, 0)
     with pytest.raises(SystemExit, match="@min-weights=N with N a whole number >= 0"):
         module.Side("float32:eager@min-weights=-1", str(tiny_checkpoints["custom_voice"]))
-    with pytest.raises(SystemExit, match="@streams=N, @batch=B, @threads=N, @min-weights=N"):
+    blocks = dict(accel.TALKER_REGION_BLOCKS)
+    side = module.Side("float32:eager@region-blocks=3", str(tiny_checkpoints["custom_voice"]))
+    with side.active():
+        assert {**blocks, "cpu": 3} == accel.TALKER_REGION_BLOCKS
+    assert blocks == accel.TALKER_REGION_BLOCKS
+    with pytest.raises(SystemExit, match="@region-blocks=N with N a whole number"):
+        module.Side("float32:eager@region-blocks=0", str(tiny_checkpoints["custom_voice"]))
+    with pytest.raises(SystemExit, match="@streams=N, @batch=B, @threads=N, @region-blocks=N, @min-weights=N"):
         module.Side("float32:eager@cores=3", str(tiny_checkpoints["custom_voice"]))
     with pytest.raises(SystemExit, match="@threads=N with N a whole number"):
         module.Side("float32:eager@threads=0", str(tiny_checkpoints["custom_voice"]))
@@ -190,17 +198,21 @@ def test_frame_speed_runs_modes_with_variant_parts(tmp_path, monkeypatch, keep_t
     for name in ("GRAPH_SPANS", "CUDA_PRODUCTS", "CUDA_COMPILE_OPTIONS"):
         monkeypatch.setattr(accel, name, getattr(accel, name))
     monkeypatch.setattr(accel, "CUDA_ATTENTION", dict(accel.CUDA_ATTENTION))  # updated in place by the benchmark
+    monkeypatch.setattr(accel, "TALKER_REGION_BLOCKS", dict(accel.TALKER_REGION_BLOCKS))  # likewise
     monkeypatch.setattr(layers, "STACK_GROUPED_HEADS", layers.STACK_GROUPED_HEADS)
     monkeypatch.setattr(sampling, "CUDA_FILTER", sampling.CUDA_FILTER)
     defaults = (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS, dict(accel.CUDA_COMPILE_OPTIONS))
+    cpu_blocks, cuda_blocks = accel.TALKER_REGION_BLOCKS["cpu"], accel.TALKER_REGION_BLOCKS["cuda"]
 
     assert module.mode_options("compile+fused+span-buckets", torch.device("cpu")) == dataclasses.replace(
         accel.AccelOptions(compile=True, fused=True), max_frames=512)
-    module.use_variants("eager+span-buckets+row-products+autotune")
+    module.use_variants("eager+span-buckets+row-products+autotune+seven-block-regions")
     assert (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS, accel.CUDA_COMPILE_OPTIONS) == (
         "buckets", "rows", {"max_autotune_gemm": True})
+    assert accel.TALKER_REGION_BLOCKS["cuda"] == 7 and accel.TALKER_REGION_BLOCKS["cpu"] == cpu_blocks
     module.use_variants("eager")
     assert (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS, dict(accel.CUDA_COMPILE_OPTIONS)) == defaults
+    assert {"cpu": cpu_blocks, "cuda": cuda_blocks} == accel.TALKER_REGION_BLOCKS
 
     def run(*args: str) -> None:
         monkeypatch.setattr(sys, "argv", ["frame_speed.py", "--shape", "tiny", "--device", "cpu", *args])

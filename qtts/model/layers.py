@@ -257,6 +257,12 @@ class Decoder(nn.Module):
         if rope is None:
             rope = self.rotary.cos_sin(positions, x.dtype)
         mask = additive_mask(mask, x.dtype)  # once for all layers (attention would convert it per layer)
+        return self.norm(self.run_layers(x, rope, caches, positions, mask))
+
+    def run_layers(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], caches: list[LayerCache],
+                   positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The blocks in turn over ``x [B, S, hidden]`` (``mask`` additive). An instance attribute set from outside
+        replaces it (``qtts.accel`` 's compiled groups of blocks)."""
         for layer, cache in zip(self.layers, caches, strict=True):
             x = layer(x, rope, cache, positions, mask)
-        return self.norm(x)
+        return x
