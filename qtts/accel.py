@@ -297,9 +297,14 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
     for layer in talker.modules():
         if isinstance(layer, Int8Linear):
             layer.uses_int8pack()  # decide the kernel now, outside any trace
-    return Kernels(sample=torch.compile(sample, backend=backend),
+    # A pick's filter takes its rows' top-k bound, an int, where the step knows it (``Kernels.top_k_bound``). On CPU
+    # ``sample`` is compiled for dynamic shapes, so one graph serves every bound a request brings (and every batch
+    # bucket past one, both vocabularies); the warm-up builds it (``StaticFrameStep._warm_sampling``). CUDA keeps
+    # static graphs and sorts (under CUDA graphs, or filtering pairwise, a bound would not be used anyway).
+    cpu = device_type == "cpu"
+    return Kernels(sample=torch.compile(sample, backend=backend, dynamic=True if cpu else None),
                    code0_logits=torch.compile(process_code0_logits, backend=backend),
-                   noise=torch.compile(frame_exponentials, backend=backend), fixed_span=True)
+                   noise=torch.compile(frame_exponentials, backend=backend), fixed_span=True, top_k_bound=cpu)
 
 
 def uncompile_regions(talker: Talker) -> None:
@@ -413,12 +418,15 @@ class StaticFrameStep(FrameStep):
         took ``greedy``): else the first sampled stream would wait for the compilation mid-request."""
         cfg = self.talker.cfg
         vocabs = (cfg.vocab_size, cfg.code_predictor_config.vocab_size)
-        # The calls decode_frame makes: the frame's race variates, a code-0 pick, a predictor pick.
+        # The calls decode_frame makes: the frame's race variates, a code-0 pick, a predictor pick (each also with
+        # a top-k bound where picks take one: ``Kernels.top_k_bound``).
         race0, race = self.kernels.noise(view.seed_keys, view.steps, view.offsets, view.tokens, vocabs)
-        logits = torch.zeros(view.batch, vocabs[0], device=view.seeds.device)
-        self.kernels.sample(logits, view.talker_params, view.seeds, view.steps, 0, race0)
-        logits = torch.zeros(view.batch, vocabs[1], device=view.seeds.device)
-        self.kernels.sample(logits, view.predictor_params, view.seeds, view.steps, 1, race[:, 0])
+        bounds = (None, 2) if self.kernels.greedy_shortcut and self.kernels.top_k_bound else (None,)
+        for kind, (vocab, params, variates) in enumerate(
+                ((vocabs[0], view.talker_params, race0), (vocabs[1], view.predictor_params, race[:, 0]))):
+            logits = torch.zeros(view.batch, vocab, device=view.seeds.device)
+            for width in bounds:
+                self.kernels.sample(logits, params, view.seeds, view.steps, kind, variates, width=width)
 
     def _capture(self, state: FrameState, rows: int, span: int, key: tuple
                  ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]:

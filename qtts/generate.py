@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import torch
@@ -124,6 +125,9 @@ class FrameState:
         # Host copy of each slot's do_sample (talker, predictor): lets a step of greedy slots skip the sampling
         # filter without reading a device tensor. Shared with views from ``head``.
         self.sampling = [(False, False)] * batch
+        # ... and of each slot's cuts, (top-k, top-p) for the talker and the predictor: the bound of a pick's filter
+        # (``sort_width``). Shared with views too.
+        self.cuts = [((0, 1.0), (0, 1.0))] * batch
 
     @property
     def batch(self) -> int:
@@ -138,11 +142,24 @@ class FrameState:
         self.seeds[row] = params.seed & 0x7FFFFFFFFFFFFFFF
         self.seed_keys[row] = seed_key(params.seed & 0x7FFFFFFFFFFFFFFF)
         self.sampling[row] = (params.talker.do_sample, params.predictor.do_sample)
+        self.cuts[row] = ((params.talker.top_k, params.talker.top_p), (params.predictor.top_k, params.predictor.top_p))
 
     def samples(self, kind: int, rows: slice = slice(None)) -> bool:
         """Whether any of ``rows`` (of this state or view) samples code kind ``kind`` (0 = talker code-0,
         1 = predictor codes) rather than decoding greedily; host bookkeeping, no device read."""
         return any(flags[kind] for flags in self.sampling[: self.batch][rows])
+
+    def sort_width(self, kind: int, rows: slice = slice(None)) -> int | None:
+        """The largest top-k among ``rows`` that sample code kind ``kind``: how many of the largest logits their
+        filter needs (``sampling.filter_top_k_top_p`` 's ``width``). None when none samples, or one of them keeps
+        every token (top-k 0) or has a nucleus (top-p < 1): without one the bound changes no bit of any row's
+        filter, so a stream's codes stay the same alone or batched with any other. Host bookkeeping, no device
+        read."""
+        n = self.batch
+        cuts = [c[kind] for flags, c in zip(self.sampling[:n][rows], self.cuts[:n][rows], strict=True) if flags[kind]]
+        if not cuts or any(k <= 0 or p < 1.0 for k, p in cuts):
+            return None
+        return max(k for k, _ in cuts)
 
     def set_text(self, row: int, trailing: torch.Tensor, start: int = 0) -> None:
         """Set the text vectors ``[N, H]`` a slot consumes one per decode step, from index ``start`` on
@@ -161,6 +178,7 @@ class FrameState:
         view = object.__new__(FrameState)
         rows = slice(0, n)
         view.groups, view.pad, view.sampling, view.tokens = self.groups, self.pad, self.sampling, self.tokens
+        view.cuts = self.cuts
         view.offsets = self.offsets
         view.cache = self.cache.head(n)
         view.pred_cache = self.pred_cache.head(n)
@@ -182,6 +200,7 @@ class FrameState:
         for params in (self.talker_params, self.predictor_params):
             params.copy_row(src, dst)
         self.sampling[dst] = self.sampling[src]
+        self.cuts[dst] = self.cuts[src]
 
 
 _ROW_TENSORS = ("positions", "steps", "active", "hidden", "code0", "seen", "text", "text_len", "seeds", "seed_keys",
@@ -209,18 +228,26 @@ class Kernels:
     """The sampling functions the frame step calls (swapped for compiled versions by ``qtts.accel``).
 
     ``greedy_shortcut``: when no slot of a step samples a code kind (known on the host from the slots'
-    parameters), pick that kind's codes with ``greedy`` instead of ``sample``; same codes, no sort. Off
-    under CUDA graphs, whose replay repeats whichever branch the capture took."""
+    parameters), pick that kind's codes with ``greedy`` instead of ``sample``; same codes, no sort. When some
+    do and ``top_k_bound`` is set, ``sample`` gets their top-k bound (``FrameState.sort_width``): its filter then
+    takes the largest logits with ``topk`` instead of sorting them all. Off under CUDA graphs, whose replay
+    repeats whichever branch (and bound) the capture took."""
 
     sample: Callable[..., torch.Tensor] = sample
     code0_logits: Callable[..., torch.Tensor] = process_code0_logits
     noise: Callable[..., tuple[torch.Tensor, torch.Tensor]] = frame_exponentials  # a frame's race variates
     fixed_span: bool = False  # predictor attention reads all G cache slots (masked): one shape per step
     greedy_shortcut: bool = True
+    top_k_bound: bool = True  # with ``greedy_shortcut``: ``sample`` gets the rows' top-k bound (``width``)
 
     def sampler(self, state: FrameState, kind: int, rows: slice = slice(None)) -> Callable[..., torch.Tensor]:
         """The function picking code kind ``kind`` (0 = code-0, 1 = predictor codes) for ``rows`` of ``state``."""
-        return greedy if self.greedy_shortcut and not state.samples(kind, rows) else self.sample
+        if not self.greedy_shortcut:
+            return self.sample
+        if not state.samples(kind, rows):
+            return greedy
+        width = state.sort_width(kind, rows) if self.top_k_bound else None
+        return self.sample if width is None else functools.partial(self.sample, width=width)
 
 
 EAGER = Kernels()

@@ -26,6 +26,26 @@ def test_sampling_flags_follow_the_slots(tiny_tts):
     assert state.samples(0, slice(1, 2)) and state.samples(0)
 
 
+def test_sort_width_is_the_sampling_slots_largest_top_k(tiny_tts):
+    """``FrameState.sort_width`` (how many of the largest logits a pick's filter needs): the largest top-k among
+    the slots that sample that code kind, greedy slots ignored, None when a sampling slot has no top-k (0) or a
+    nucleus (top-p < 1) or none samples; it follows ``set_params`` (also through a view), ``move_row`` and ``head``
+    views."""
+    state = FrameState(tiny_tts["custom_voice"].model.talker, 3, 32)
+    assert state.sort_width(0) is None and state.sort_width(1) is None
+    state.set_params(2, StreamParams(GREEDY, SAMPLED, seed=1))  # predictor top-k 20; talker greedy (top-k 50)
+    assert state.sort_width(1) == 20 and state.sort_width(0) is None
+    state.head(2).set_params(0, StreamParams(SamplingParams(top_k=7), SamplingParams(top_k=35), seed=2))
+    assert (state.sort_width(0), state.sort_width(1)) == (7, 35)
+    assert state.sort_width(1, slice(1, 3)) == 20 and state.head(1).sort_width(1) == 35
+    state.set_params(1, StreamParams(GREEDY, SamplingParams(top_k=0), seed=3))  # samples every token
+    assert state.sort_width(1) is None and state.sort_width(1, slice(2, 3)) == 20
+    state.move_row(2, 1)
+    assert state.sort_width(1) == 35 and state.sort_width(1, slice(1, 2)) == 20
+    state.set_params(1, StreamParams(GREEDY, SamplingParams(top_k=20, top_p=0.9), seed=4))  # a nucleus
+    assert state.sort_width(1) is None and state.sort_width(1, slice(0, 1)) == 35
+
+
 def _frames(tts, kernels: Kernels, params: list[StreamParams], frames: int = 6) -> torch.Tensor:
     """Codes ``[frames, B, G]`` of B slots started from the same text with ``params``."""
     talker = tts.model.talker
@@ -42,7 +62,7 @@ def _frames(tts, kernels: Kernels, params: list[StreamParams], frames: int = 6) 
     return torch.stack(out)
 
 
-def _no_sample(*_args):
+def _no_sample(*_args, **_kwargs):
     raise AssertionError("sample() was called for slots that all decode greedily")
 
 
@@ -56,14 +76,17 @@ def test_greedy_steps_skip_the_sampling_filter_with_the_same_codes(tiny_tts):
     mixed = [greedy[0], StreamParams(GREEDY, SAMPLED, seed=4)]
     calls = []
 
-    def counting(logits, *args):
-        calls.append(logits.shape[-1])
-        return EAGER.sample(logits, *args)
+    def counting(logits, *args, **kwargs):
+        calls.append((logits.shape[-1], kwargs.get("width")))
+        return EAGER.sample(logits, *args, **kwargs)
 
     got = _frames(tts, dataclasses.replace(EAGER, sample=counting), mixed)
     assert torch.equal(got[:, 0], full[:, 0])
     pred_vocab = tts.model.talker.cfg.code_predictor_config.vocab_size
-    assert calls and set(calls) == {pred_vocab}
+    assert calls and set(calls) == {(pred_vocab, SAMPLED.top_k)}  # with the sampling slot's top-k bound
+    # The bound changes no code: the same frames when ``sample`` sorts every logit.
+    unbounded = _frames(tts, dataclasses.replace(EAGER, sample=lambda *a, width=None: EAGER.sample(*a)), mixed)
+    assert torch.equal(got, unbounded)
     with pytest.raises(AssertionError, match="sample\\(\\) was called"):
         _frames(tts, dataclasses.replace(EAGER, sample=_no_sample), [StreamParams(SAMPLED, GREEDY, seed=5)], 1)
 
@@ -82,14 +105,14 @@ def test_a_sampled_frame_draws_its_noise_once(tiny_tts):
         assert args[0] is runner.state.seed_keys and args[3] is runner.state.tokens
         return frame_exponentials(*args)
 
-    def pick(*args):
+    def pick(*args, **kwargs):
         calls["sample"] += 1
         calls["drawn"] += args[5] is not None
         state = runner.state
         own = state.predictor_params if args[4] >= 1 else state.talker_params
         assert args[1].kth.data_ptr() == own.kth.data_ptr()  # the slot's own derived tensors (views)
         assert args[1].always_kept.data_ptr() == own.always_kept.data_ptr()
-        return sample(*args)
+        return sample(*args, **kwargs)
 
     kernels = dataclasses.replace(EAGER, noise=noise, sample=pick)
     for sampling, expected in ((Sampling(), (1, 16, 16)), (Sampling.greedy(), (0, 0, 0))):

@@ -269,6 +269,36 @@ def test_pairwise_filter_equals_the_textbook_cuts():
     assert torch.equal(filter_pairwise(logits, top_k, ones), filter_top_k_top_p(logits, top_k, ones))
 
 
+def test_a_top_k_bound_filters_from_the_largest_logits_only(monkeypatch):
+    """With a bound on the rows' top-k (``width``, a frame state's ``sort_width``) the filter takes the ``width``
+    largest logits (``topk``) instead of sorting all of them: the textbook cuts over ties and -inf logits (the
+    nucleus where no boundary lies within rounding of ``top_p``: none does in these rows), and the same picks;
+    a bound of the vocabulary or more sorts."""
+    from qtts.sampling import group_exponential
+
+    torch.manual_seed(1)
+    V, B = 257, 48
+    logits = torch.randn(B, V) * torch.linspace(0.1, 12, B)[:, None]
+    logits[::5, :30] = logits[::5, :1]
+    logits[1::5, 10:40] = logits[1::5, 9:10]
+    logits[2::5, V // 2:] = float("-inf")
+    top_k = torch.tensor([1, 2, 7, 50, 30, 49] * 8)
+    top_p = torch.tensor([1.0, 0.95, 0.5, 1e-6, 0.9, 0.0, 1.0, 0.99] * 6)
+    params = SamplingTensors(torch.ones(B, dtype=torch.bool), torch.rand(B) + 0.3, top_k, top_p).prepared(V)
+    expected = torch.stack([_textbook_filter(logits[i], int(top_k[i]), float(top_p[i])) for i in range(B)])
+    sorts = []
+    monkeypatch.setattr(torch.Tensor, "sort", lambda self, *a, **k: sorts.append(1) or torch.sort(self, *a, **k))
+    for width in (50, 64):
+        assert torch.equal(filter_top_k_top_p(logits, top_k, top_p, params.kth, params.always_kept, width), expected)
+    assert not sorts
+    assert torch.equal(filter_top_k_top_p(logits, top_k, top_p, params.kth, params.always_kept, V), expected)
+    assert sorts
+    seeds, steps = torch.arange(B) * 7919, torch.arange(B)
+    race = group_exponential(seeds, steps, 1, 1, V)[:, 0]
+    assert torch.equal(sample(logits, params, seeds, steps, 1, race, width=50), sample(logits, params, seeds, steps,
+                                                                                         1, race))
+
+
 def test_filter_choice_per_batch_size(monkeypatch):
     """``CUDA_FILTER = "auto"`` (the default): compiled code on CUDA filters one stream's picks without a sort
     (faster there) and a batch's with one (the pair terms grow with the rows); eager code and CPUs always sort."""
