@@ -298,8 +298,8 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
         if isinstance(layer, Int8Linear):
             layer.uses_int8pack()  # decide the kernel now, outside any trace
     # A pick's filter takes its rows' top-k bound, an int, where the step knows it (``Kernels.top_k_bound``). On CPU
-    # ``sample`` is compiled for dynamic shapes, so one graph serves every bound a request brings (and every batch
-    # bucket past one, both vocabularies); the warm-up builds it (``StaticFrameStep._warm_sampling``). CUDA keeps
+    # ``sample`` is compiled for dynamic shapes, so one graph serves every bound a request brings (bounds are at
+    # least 2: dynamo specialises 0 and 1); the warm-up builds it (``StaticFrameStep._warm_sampling``). CUDA keeps
     # static graphs and sorts (under CUDA graphs, or filtering pairwise, a bound would not be used anyway).
     cpu = device_type == "cpu"
     return Kernels(sample=torch.compile(sample, backend=backend, dynamic=True if cpu else None),

@@ -150,16 +150,17 @@ class FrameState:
         return any(flags[kind] for flags in self.sampling[: self.batch][rows])
 
     def sort_width(self, kind: int, rows: slice = slice(None)) -> int | None:
-        """The largest top-k among ``rows`` that sample code kind ``kind``: how many of the largest logits their
-        filter needs (``sampling.filter_top_k_top_p`` 's ``width``). None when none samples, or one of them keeps
-        every token (top-k 0) or has a nucleus (top-p < 1): without one the bound changes no bit of any row's
-        filter, so a stream's codes stay the same alone or batched with any other. Host bookkeeping, no device
-        read."""
+        """The largest top-k among ``rows`` that sample code kind ``kind`` (at least 2: one compiled graph serves
+        every bound, ``qtts.accel``): how many of the largest logits their filter needs
+        (``sampling.filter_top_k_top_p`` 's ``width``). None when none samples, or one of them keeps every token
+        (top-k 0) or has a nucleus (top-p < 1): without one any bound of at least the top-k changes no bit of a
+        row's filter, so a stream's codes stay the same alone or batched with any other. Host bookkeeping, no
+        device read."""
         n = self.batch
         cuts = [c[kind] for flags, c in zip(self.sampling[:n][rows], self.cuts[:n][rows], strict=True) if flags[kind]]
         if not cuts or any(k <= 0 or p < 1.0 for k, p in cuts):
             return None
-        return max(k for k, _ in cuts)
+        return max(2, *(k for k, _ in cuts))
 
     def set_text(self, row: int, trailing: torch.Tensor, start: int = 0) -> None:
         """Set the text vectors ``[N, H]`` a slot consumes one per decode step, from index ``start`` on

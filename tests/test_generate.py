@@ -44,6 +44,8 @@ def test_sort_width_is_the_sampling_slots_largest_top_k(tiny_tts):
     assert state.sort_width(1) == 35 and state.sort_width(1, slice(1, 2)) == 20
     state.set_params(1, StreamParams(GREEDY, SamplingParams(top_k=20, top_p=0.9), seed=4))  # a nucleus
     assert state.sort_width(1) is None and state.sort_width(1, slice(0, 1)) == 35
+    state.set_params(2, StreamParams(GREEDY, SamplingParams(top_k=1), seed=5))
+    assert state.sort_width(1, slice(2, 3)) == 2  # never below 2
 
 
 def _frames(tts, kernels: Kernels, params: list[StreamParams], frames: int = 6) -> torch.Tensor:

@@ -262,7 +262,7 @@ class Decoder(nn.Module):
     def run_layers(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], caches: list[LayerCache],
                    positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The blocks in turn over ``x [B, S, hidden]`` (``mask`` additive). An instance attribute set from outside
-        replaces it (``qtts.accel`` 's compiled groups of blocks)."""
+        replaces it (``qtts.accel.BlockRegions``: blocks run a few at a time as one compiled call)."""
         for layer, cache in zip(self.layers, caches, strict=True):
             x = layer(x, rope, cache, positions, mask)
         return x
