@@ -46,6 +46,12 @@ def test_sort_width_is_the_sampling_slots_largest_top_k(tiny_tts):
     assert state.sort_width(1) is None and state.sort_width(1, slice(0, 1)) == 35
     state.set_params(2, StreamParams(GREEDY, SamplingParams(top_k=1), seed=5))
     assert state.sort_width(1, slice(2, 3)) == 2  # never below 2
+    # The sampler hands the bound to ``sample`` only where the kernels take one (not CUDA's compiled ones, nor
+    # under CUDA graphs).
+    bounded = Kernels().sampler(state, 1, slice(2, 3))
+    assert bounded.func is EAGER.sample and bounded.keywords == {"width": 2}
+    assert Kernels(top_k_bound=False).sampler(state, 1, slice(2, 3)) is EAGER.sample
+    assert Kernels(greedy_shortcut=False).sampler(state, 1, slice(2, 3)) is EAGER.sample
 
 
 def _frames(tts, kernels: Kernels, params: list[StreamParams], frames: int = 6) -> torch.Tensor:
