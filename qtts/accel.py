@@ -394,6 +394,7 @@ class StaticFrameStep(FrameStep):
             out = self.fn(self.talker, state.head(rows), span)
             if self.options.compile:
                 self._warm_sampling(state.head(rows))
+                self._warm_spans(state.head(rows), span)
             if out.is_cuda:
                 torch.cuda.synchronize(out.device)
             self._warm.add(rows)
@@ -427,6 +428,21 @@ class StaticFrameStep(FrameStep):
             logits = torch.zeros(view.batch, vocab, device=view.seeds.device)
             for width in bounds:
                 self.kernels.sample(logits, params, view.seeds, view.steps, kind, variates, width=width)
+
+    def _warm_spans(self, view: FrameState, span: int) -> None:
+        """Run this bucket's frame once more at another attention span, with every slot paused (no stream advances;
+        the cache slot it writes is written again by the next frame): dynamo compiles the talker's blocks for a
+        dynamic span now, in the warm-up, instead of when the bucket's streams first cross a ``SPAN_STEP``
+        mid-request (a stall of a compilation for every stream of the batch)."""
+        other = span + SPAN_STEP if span + SPAN_STEP <= view.cache.max_len else span - SPAN_STEP
+        if other < 1:
+            return
+        active = view.active.clone()
+        view.active.zero_()
+        try:
+            self.fn(self.talker, view, other)
+        finally:
+            view.active.copy_(active)
 
     def _capture(self, state: FrameState, rows: int, span: int, key: tuple
                  ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]:

@@ -601,6 +601,25 @@ def test_decoders_hand_their_layers_one_additive_mask(tiny_tts):
 
 
 
+def test_warm_up_compiles_the_dynamic_span_before_streams_cross_a_span_step(tiny_checkpoints, monkeypatch):
+    """Compiled without graphs, attention reads the slots in use rounded up to ``SPAN_STEP``; a bucket's warm-up runs
+    a paused frame at a second span, so dynamo's dynamic-span graphs exist before a stream crosses a span step:
+    crossing several later compiles nothing (it compiled mid-request before), and the streams' codes are eager's."""
+    from qtts import accel
+
+    monkeypatch.setattr(accel, "SPAN_STEP", 8)
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
+    options = SynthesisOptions(max_new_tokens=30)
+    expected = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=options).codes
+    torch._dynamo.reset()
+    tts.accelerate(compile=True, compile_backend="eager", max_frames=128)
+    tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=SynthesisOptions(max_new_tokens=2))
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    got = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=options).codes  # crosses 3-4 span steps
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert torch.equal(got, expected)
+
+
 def test_block_regions_run_the_blocks_in_turn_with_one_graph_per_run_length():
     """``BlockRegions`` (talker blocks N at a time in one compiled call, frame steps only): the same hidden states
     and cache writes as the plain layer loop; the blocks are arguments, so the two runs of two blocks share one
