@@ -153,18 +153,25 @@ def _textbook_filter(row: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return x
 
 
+def _hard_logits(B: int, V: int) -> torch.Tensor:
+    """Seeded ``[B, V]`` logits of every scale with the filters' hard cases: ties with the maximum, ties elsewhere,
+    suppressed (-inf) tokens."""
+    torch.manual_seed(1)
+    logits = torch.randn(B, V) * torch.linspace(0.1, 12, B)[:, None]
+    logits[::5, :30] = logits[::5, :1]  # ties with the maximum
+    logits[1::5, 10:40] = logits[1::5, 9:10]  # ties elsewhere
+    logits[2::5, V // 2:] = float("-inf")  # suppressed tokens
+    return logits
+
+
 def test_filter_and_race_equal_the_textbook_cuts_and_draw():
     """The filter applies both cuts with one threshold and the race has no guard for filtered tokens (they
     cannot win): bit for bit the textbook version (two cuts, guarded race), over ties, -inf logits, every kind
     of top-k / top-p, prepared or not."""
     from qtts.sampling import group_exponential
 
-    torch.manual_seed(1)
     V, B = 257, 48
-    logits = torch.randn(B, V) * torch.linspace(0.1, 12, B)[:, None]
-    logits[::5, :30] = logits[::5, :1]  # ties with the maximum
-    logits[1::5, 10:40] = logits[1::5, 9:10]  # ties elsewhere
-    logits[2::5, V // 2:] = float("-inf")  # suppressed tokens
+    logits = _hard_logits(B, V)
     top_k = torch.tensor([0, 1, 2, 7, 50, V, V + 3, 30] * 6)
     top_p = torch.tensor([1.0, 0.95, 0.5, 1e-6, 0.999999, 0.0] * 8)  # 0: only the first sorted position
     params = SamplingTensors(torch.ones(B, dtype=torch.bool), torch.rand(B) + 0.3, top_k, top_p)
@@ -254,12 +261,8 @@ def test_pairwise_filter_equals_the_textbook_cuts():
     the same where no boundary lies within rounding of ``top_p`` (these rows: none does)."""
     from qtts.sampling import filter_pairwise, kth_index
 
-    torch.manual_seed(1)
     V, B = 257, 48
-    logits = torch.randn(B, V) * torch.linspace(0.1, 12, B)[:, None]
-    logits[::5, :30] = logits[::5, :1]
-    logits[1::5, 10:40] = logits[1::5, 9:10]
-    logits[2::5, V // 2:] = float("-inf")
+    logits = _hard_logits(B, V)
     top_k = torch.tensor([0, 1, 2, 7, 50, V, V + 3, 30] * 6)
     top_p = torch.tensor([1.0, 0.95, 0.5, 1e-6, 0.9, 0.0] * 8)
     expected = torch.stack([_textbook_filter(logits[i], int(top_k[i]), float(top_p[i])) for i in range(B)])
@@ -276,12 +279,8 @@ def test_a_top_k_bound_filters_from_the_largest_logits_only(monkeypatch):
     a bound of the vocabulary or more sorts."""
     from qtts.sampling import group_exponential
 
-    torch.manual_seed(1)
     V, B = 257, 48
-    logits = torch.randn(B, V) * torch.linspace(0.1, 12, B)[:, None]
-    logits[::5, :30] = logits[::5, :1]
-    logits[1::5, 10:40] = logits[1::5, 9:10]
-    logits[2::5, V // 2:] = float("-inf")
+    logits = _hard_logits(B, V)
     top_k = torch.tensor([1, 2, 7, 50, 30, 49] * 8)
     top_p = torch.tensor([1.0, 0.95, 0.5, 1e-6, 0.9, 0.0, 1.0, 0.99] * 6)
     params = SamplingTensors(torch.ones(B, dtype=torch.bool), torch.rand(B) + 0.3, top_k, top_p).prepared(V)
