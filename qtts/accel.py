@@ -24,9 +24,11 @@ runner for its lifetime); ``capture_seconds`` records their cost.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -225,7 +227,7 @@ class BlockRegions:
     (and one more a shorter last run). Inputs of more than one position (prefill) take the blocks' own regions."""
 
     def __init__(self, decoder: torch.nn.Module, size: int, backend: str, options: dict | None) -> None:
-        self.decoder, self.size = decoder, size
+        self.decoder = decoder
         layers = list(decoder.layers)
         self.runs = [tuple(layers[i:i + size]) for i in range(0, len(layers), size)]
         self.compiled = torch.compile(_run_blocks, backend=backend, options=options)
@@ -348,6 +350,18 @@ class FrameStep:
         return _frame(self.talker, state.head(rows), span)
 
 
+@contextlib.contextmanager
+def _paused(view: FrameState) -> Iterator[None]:
+    """Every slot of ``view`` paused inside (a frame computes but no stream advances; the cache slot it writes is
+    written again by the next frame), each slot's own state back after."""
+    active = view.active.clone()
+    view.active.zero_()
+    try:
+        yield
+    finally:
+        view.active.copy_(active)
+
+
 class StaticFrameStep(FrameStep):
     """Fixed shapes: whole-cache attention, batch-size buckets, preallocated state; optionally compiled and/or
     CUDA-graphed."""
@@ -430,34 +444,27 @@ class StaticFrameStep(FrameStep):
                 self.kernels.sample(logits, params, view.seeds, view.steps, kind, variates, width=width)
 
     def _warm_spans(self, view: FrameState, span: int) -> None:
-        """Run this bucket's frame once more at another attention span, with every slot paused (no stream advances;
-        the cache slot it writes is written again by the next frame): dynamo compiles the talker's blocks for a
-        dynamic span now, in the warm-up, instead of when the bucket's streams first cross a ``SPAN_STEP``
-        mid-request (a stall of a compilation for every stream of the batch)."""
+        """Run this bucket's frame once more at another attention span, with every slot paused (``_paused``):
+        dynamo compiles the talker's blocks for a dynamic span now, in the warm-up, instead of when the bucket's
+        streams first cross a ``SPAN_STEP`` mid-request (a stall of a compilation for every stream of the batch)."""
         other = span + SPAN_STEP if span + SPAN_STEP <= view.cache.max_len else span - SPAN_STEP
         if other < 1:
             return
-        active = view.active.clone()
-        view.active.zero_()
-        try:
+        with _paused(view):
             self.fn(self.talker, view, other)
-        finally:
-            view.active.copy_(active)
 
     def _capture(self, state: FrameState, rows: int, span: int, key: tuple
                  ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]:
         """Warm up (with every slot paused, so no stream advances) and capture the step for ``rows`` slots."""
         t0 = time.perf_counter()
         view = state.head(rows)
-        active = view.active.clone()
-        view.active.zero_()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self.fn(self.talker, view, span)
-        torch.cuda.current_stream().wait_stream(stream)
-        view.active.copy_(active)
+        with _paused(view):
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self.fn(self.talker, view, span)
+            torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # thread_local: other threads (e.g. an HTTP layer copying audio) may use CUDA while this one captures.
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):

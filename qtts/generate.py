@@ -241,13 +241,15 @@ class Kernels:
     greedy_shortcut: bool = True
     top_k_bound: bool = True  # with ``greedy_shortcut``: ``sample`` gets the rows' top-k bound (``width``)
 
+    def samples(self, state: FrameState, kind: int, rows: slice = slice(None)) -> bool:
+        """Whether ``rows`` ' picks of code kind ``kind`` go through ``sample`` (else ``greedy``); host bookkeeping."""
+        return not self.greedy_shortcut or state.samples(kind, rows)
+
     def sampler(self, state: FrameState, kind: int, rows: slice = slice(None)) -> Callable[..., torch.Tensor]:
         """The function picking code kind ``kind`` (0 = code-0, 1 = predictor codes) for ``rows`` of ``state``."""
-        if not self.greedy_shortcut:
-            return self.sample
-        if not state.samples(kind, rows):
+        if not self.samples(state, kind, rows):
             return greedy
-        width = state.sort_width(kind, rows) if self.top_k_bound else None
+        width = state.sort_width(kind, rows) if self.greedy_shortcut and self.top_k_bound else None
         return self.sample if width is None else functools.partial(self.sample, width=width)
 
 
@@ -344,7 +346,7 @@ def decode_frame(talker: Talker, state: FrameState, span: int, kernels: Kernels 
     slot's position. Inactive slots are computed but keep their state (a paused slot resumes exactly).
     ``timed``: a timer around each part (``qtts profile``); none by default."""
     race0 = race = None
-    if kernels.sampler(state, 0) is not greedy or kernels.sampler(state, 1) is not greedy:
+    if kernels.samples(state, 0) or kernels.samples(state, 1):
         with timed("sampling"):  # the race variates of all 16 picks at once
             vocabs = (talker.cfg.vocab_size, talker.code_predictor.cfg.vocab_size)
             race0, race = kernels.noise(state.seed_keys, state.steps, state.offsets, state.tokens, vocabs)
