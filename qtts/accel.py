@@ -221,26 +221,57 @@ def _run_blocks(blocks: tuple[torch.nn.Module, ...], x: torch.Tensor, rope: tupl
 
 
 class BlockRegions:
-    """A decoder's layer loop with frame steps' blocks run ``size`` at a time as one compiled call: an instance
-    attribute over ``Decoder.run_layers`` from ``compile_regions`` until ``uncompile_regions``. The blocks are
-    arguments of the compiled function, so one graph (per input shape class) serves every run of ``size`` blocks
-    (and one more a shorter last run). Inputs of more than one position (prefill) take the blocks' own regions."""
+    """The talker's layer loop under compiled regions: an instance attribute over ``Decoder.run_layers`` from
+    ``compile_regions`` until ``uncompile_regions``. It sets which dimensions the compiled code takes as dynamic,
+    and runs a frame step's blocks (one position) ``size`` at a time as one compiled call.
 
-    def __init__(self, decoder: torch.nn.Module, size: int, backend: str, options: dict | None) -> None:
+    * ``size`` > 1: the blocks are arguments of one compiled function, so one graph (per input shape class) serves
+      every run of ``size`` blocks (and one more a shorter last run). ``size`` 1: each block's own region.
+    * Prefill (more than one position) runs the blocks' own regions with the prompt length dynamic from the first
+      prompt, so one graph serves every length (without it the first graph is built for the first prompt's length
+      and the first prompt of another length, a request, waits for a second, dynamic one).
+    * ``dynamic_span``: a frame's attention span (the mask's last dimension, the cache slots attention reads) is
+      dynamic from the first frame, so one graph serves every span (without it dynamo builds a static graph for
+      the first span and a dynamic one when the span first changes: the blocks compiled twice per batch bucket).
+      For frame steps compiled without CUDA graphs, whose spans grow with the streams; under graphs the spans are
+      a few fixed sizes, each its own static graph."""
+
+    def __init__(self, decoder: torch.nn.Module, size: int, backend: str, options: dict | None,
+                 dynamic_span: bool = False) -> None:
         self.decoder = decoder
         layers = list(decoder.layers)
+        self.size = size
         self.runs = [tuple(layers[i:i + size]) for i in range(0, len(layers), size)]
         self.compiled = torch.compile(_run_blocks, backend=backend, options=options)
+        self.dynamic_span = dynamic_span
 
     def __call__(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], caches: list,
                  positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != 1:
+            _mark_length_dynamic(x, rope, positions, mask)
+            return type(self.decoder).run_layers(self.decoder, x, rope, caches, positions, mask)
+        if self.dynamic_span:
+            torch._dynamo.maybe_mark_dynamic(mask, mask.dim() - 1)
+        if self.size == 1:
             return type(self.decoder).run_layers(self.decoder, x, rope, caches, positions, mask)
         start = 0
         for blocks in self.runs:
             x = self.compiled(blocks, x, rope, caches[start:start + len(blocks)], positions, mask)
             start += len(blocks)
         return x
+
+
+def _mark_length_dynamic(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], positions: torch.Tensor,
+                         mask: torch.Tensor) -> None:
+    """Mark a prefill's length dynamic in every input that has it: ``x [B, S, hidden]``, ``positions [B, S]``,
+    ``rope`` ``[B or 1, 1, S, D]`` each, ``mask [B, 1, S, span]`` (the span of a prefill is its length too)."""
+    mark = torch._dynamo.maybe_mark_dynamic
+    mark(x, 1)
+    mark(positions, positions.dim() - 1)
+    for table in rope:
+        mark(table, table.dim() - 2)
+    mark(mask, mask.dim() - 2)
+    mark(mask, mask.dim() - 1)
 
 
 def region_products(device_type: str) -> str:
@@ -269,7 +300,7 @@ def region_attention(device_type: str) -> dict[str, str]:
     return dict(CUDA_ATTENTION)
 
 
-def compile_regions(talker: Talker, backend: str) -> Kernels:
+def compile_regions(talker: Talker, backend: str, dynamic_span: bool = False) -> Kernels:
     """Regional compilation: every talker block (one compiled graph per block shape, shared by all the layers
     of that shape; frame steps call ``region_blocks`` blocks at a time: ``BlockRegions``), the code predictor's
     step as one region (its few layers, RoPE, final norm and the group's output head, passed in so that one graph
@@ -277,7 +308,9 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
     them), and the sampling functions.
     Fuses the many small element-wise ops of norms, RoPE, SwiGLU and sampling; compiles in a fraction of the
     time of the whole frame. Attention is chosen per decoder by ``region_attention`` (on CPU ``matmul_attention``
-    everywhere; undone by ``uncompile_regions``), and int8 layers choose their kernel before any trace."""
+    everywhere; undone by ``uncompile_regions``), and int8 layers choose their kernel before any trace.
+    ``dynamic_span``: frame steps whose attention span changes from frame to frame (compiled without CUDA graphs)
+    get ``BlockRegions`` built for any span from their first graph."""
     # Region shapes: talker prefill / frame sequence lengths, predictor first / later steps, batch buckets (in this
     # thread; the thread running the step raises it again: ``FrameStep.enter``).
     raise_recompile_limit()
@@ -292,8 +325,7 @@ def compile_regions(talker: Talker, backend: str) -> Kernels:
     options = region_compile_options(device_type) if backend == "inductor" else None  # others take none
     for region in _regions(talker):
         region.compile(backend=backend, options=options)
-    if per_call > 1:
-        talker.model.run_layers = BlockRegions(talker.model, per_call, backend, options)
+    talker.model.run_layers = BlockRegions(talker.model, per_call, backend, options, dynamic_span)
     predictor = talker.code_predictor  # an instance attribute over the method, until ``uncompile_regions``
     predictor.step = torch.compile(predictor.step, backend=backend, options=options)
     for layer in talker.modules():
@@ -374,7 +406,8 @@ class StaticFrameStep(FrameStep):
         if options.cuda_graphs and device.type != "cuda":
             raise InputError(f"CUDA graphs need a CUDA device; the model is on {device.type}")
         self.options = options
-        kernels = compile_regions(talker, options.compile_backend) if options.compile else STATIC
+        kernels = (compile_regions(talker, options.compile_backend, dynamic_span=not options.cuda_graphs)
+                   if options.compile else STATIC)
         if options.cuda_graphs:
             kernels = dataclasses.replace(kernels, greedy_shortcut=False)
         self.kernels = kernels
@@ -395,8 +428,8 @@ class StaticFrameStep(FrameStep):
         if self.options.cuda_graphs:  # a graph replays fixed shapes: the whole cache or a span bucket (masked)
             return graph_span(needed, state.cache.max_len)
         # Compiled without graphs: read the slots in use, rounded up to a multiple of SPAN_STEP (the extra
-        # slots are masked), so attention cost follows the stream's length; after the first change of span
-        # dynamo compiles the blocks once more with a dynamic span and then reuses that graph.
+        # slots are masked), so attention cost follows the stream's length; the talker's blocks are compiled for
+        # a dynamic span (``BlockRegions.dynamic_span``), one graph for every span.
         return min(state.cache.max_len, -(-needed // SPAN_STEP) * SPAN_STEP)
 
     @torch.no_grad()
@@ -408,7 +441,6 @@ class StaticFrameStep(FrameStep):
             out = self.fn(self.talker, state.head(rows), span)
             if self.options.compile:
                 self._warm_sampling(state.head(rows))
-                self._warm_spans(state.head(rows), span)
             if out.is_cuda:
                 torch.cuda.synchronize(out.device)
             self._warm.add(rows)
@@ -442,16 +474,6 @@ class StaticFrameStep(FrameStep):
             logits = torch.zeros(view.batch, vocab, device=view.seeds.device)
             for width in bounds:
                 self.kernels.sample(logits, params, view.seeds, view.steps, kind, variates, width=width)
-
-    def _warm_spans(self, view: FrameState, span: int) -> None:
-        """Run this bucket's frame once more at another attention span, with every slot paused (``_paused``):
-        dynamo compiles the talker's blocks for a dynamic span now, in the warm-up, instead of when the bucket's
-        streams first cross a ``SPAN_STEP`` mid-request (a stall of a compilation for every stream of the batch)."""
-        other = span + SPAN_STEP if span + SPAN_STEP <= view.cache.max_len else span - SPAN_STEP
-        if other < 1:
-            return
-        with _paused(view):
-            self.fn(self.talker, view, other)
 
     def _capture(self, state: FrameState, rows: int, span: int, key: tuple
                  ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]:

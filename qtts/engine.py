@@ -254,9 +254,8 @@ class Engine:
         sizes = sorted({step.rows(n, most) for n in range(1, most + 1)})  # the step's own batch buckets
         count = 0
         try:
-            # A last single stream with yet another prompt length: the prefill regions see a second length and
-            # are built for any length (otherwise the first real prompt of another length would build them).
-            for size in [*sizes, 1]:
+            # The prefill regions are built for any prompt length from the first prompt (``accel.BlockRegions``).
+            for size in sizes:
                 handles = []
                 for _ in range(size):
                     handles.append(self.submit(_Synthetic(self.tts, count, frames)))

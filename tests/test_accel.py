@@ -601,10 +601,13 @@ def test_decoders_hand_their_layers_one_additive_mask(tiny_tts):
 
 
 
-def test_warm_up_compiles_the_dynamic_span_before_streams_cross_a_span_step(tiny_checkpoints, monkeypatch):
-    """Compiled without graphs, attention reads the slots in use rounded up to ``SPAN_STEP``; a bucket's warm-up runs
-    a paused frame at a second span, so dynamo's dynamic-span graphs exist before a stream crosses a span step:
-    crossing several later compiles nothing (it compiled mid-request before), and the streams' codes are eager's."""
+def test_streams_crossing_span_steps_compile_nothing_after_the_first_frame(tiny_checkpoints, monkeypatch):
+    """Compiled without graphs, attention reads the slots in use rounded up to ``SPAN_STEP``; the talker's blocks are
+    compiled for a dynamic span from the first frame (``BlockRegions.dynamic_span``), so a stream crossing several
+    span steps later compiles nothing (dynamo compiled them again mid-request before session 15, in a warm-up frame
+    at a second span after it), the blocks hold one graph, and the streams' codes are eager's."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
     from qtts import accel
 
     monkeypatch.setattr(accel, "SPAN_STEP", 8)
@@ -618,6 +621,25 @@ def test_warm_up_compiles_the_dynamic_span_before_streams_cross_a_span_step(tiny
     got = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=options).codes  # crosses 3-4 span steps
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     assert torch.equal(got, expected)
+    # The talker's blocks were compiled once, for every span (``BlockRegions.dynamic_span``), not once per span shape.
+    assert len(_debug_get_cache_entry_list(accel._run_blocks.__code__)) == 1
+
+
+def test_prompts_of_another_length_compile_nothing_after_the_first(tiny_checkpoints):
+    """The prefill's length is dynamic in the compiled regions from the first prompt (``BlockRegions``): a second
+    request with a prompt of another length compiles nothing (it built a dynamic graph then, mid-request: the
+    first graph was for the first prompt's length only), and its codes are eager's."""
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
+    options = SynthesisOptions(max_new_tokens=4)
+    expected = [tts.synthesize(t, voice=Speaker("ryan"), seed=0, options=options).codes for t in TEXTS[:3]]
+    torch._dynamo.reset()
+    tts.accelerate(compile=True, compile_backend="eager", max_frames=64)
+    got = [tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=options).codes]
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    got += [tts.synthesize(t, voice=Speaker("ryan"), seed=0, options=options).codes for t in TEXTS[1:3]]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert len({tts.prepare(t, voice=Speaker("ryan")).stream.prompt.shape[0] for t in TEXTS[:3]}) == 3  # 3 lengths
+    assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
 
 
 def test_block_regions_run_the_blocks_in_turn_with_one_graph_per_run_length():
@@ -661,10 +683,47 @@ def test_block_regions_run_the_blocks_in_turn_with_one_graph_per_run_length():
     assert not calls and torch.equal(got, expected) and torch.equal(got_k, expected_k)
 
 
+def test_block_regions_with_a_dynamic_span_build_one_graph_for_every_span():
+    """``BlockRegions(dynamic_span=True)`` marks the mask's span dimension dynamic before its first call: frames
+    at spans 16, 24 and 40 equal the plain layer loop and share the graphs of the first call (one per run length:
+    runs of 2 and the last single block). Without the mark dynamo builds static graphs for the first span and
+    dynamic ones when the span first changes: twice as many, a second compilation of the blocks."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from qtts import accel
+    from qtts.model.cache import KVCache
+    from qtts.model.layers import Decoder
+
+    torch.manual_seed(0)
+    decoder = Decoder(32, 64, 5, 4, 2, 8, 1e-6, 10000.0).eval()
+    for block in decoder.layers:
+        block.self_attn.attend = matmul_attention
+
+    def run(loop, span: int) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.tensor([[3], [span - 2]])
+        cache = KVCache(5, 2, 2, 48, 8, "cpu", torch.float32)
+        cache.k[:] = cache.v[:] = 0.1 * torch.arange(48.0)[:, None]
+        x = torch.linspace(-1, 1, 64).view(2, 1, 32)
+        with torch.no_grad():
+            rope = decoder.rotary.cos_sin(positions, x.dtype)
+            mask = additive_mask(causal_mask(positions, span), x.dtype)
+            return loop(x, rope, cache.layers, positions, mask), cache.k.clone()
+
+    for dynamic, graphs in ((True, 2), (False, 4)):
+        torch._dynamo.reset()
+        regions = accel.BlockRegions(decoder, 2, "eager", None, dynamic_span=dynamic)
+        for span in (16, 24, 40):
+            expected, expected_k = run(decoder.run_layers, span)
+            got, got_k = run(regions, span)
+            assert torch.equal(got, expected) and torch.equal(got_k, expected_k)
+        assert len(_debug_get_cache_entry_list(accel._run_blocks.__code__)) == graphs
+
+
 def test_compile_regions_runs_talker_blocks_as_region_blocks_says(tiny_checkpoints, monkeypatch):
     """``compile_regions`` puts ``BlockRegions`` over the talker's layer loop when ``TALKER_REGION_BLOCKS`` asks
-    for more than one block per call on the device (CPU: 7 by default), not over the code predictor's; the codes
-    are eager's; ``uncompile_regions`` takes it off; a bad value is named."""
+    for more than one block per call on the device (CPU: 7 by default), not over the code predictor's; with one
+    block per call frames take each block's own region; the codes are eager's; ``uncompile_regions`` takes it off;
+    a bad value is named."""
     from qtts import accel
     from qtts.accel import compile_regions, uncompile_regions
 
@@ -675,7 +734,10 @@ def test_compile_regions_runs_talker_blocks_as_region_blocks_says(tiny_checkpoin
     talker = tts.model.talker
     monkeypatch.setitem(accel.TALKER_REGION_BLOCKS, "cpu", 1)
     compile_regions(talker, "eager")
-    assert "run_layers" not in talker.model.__dict__
+    regions = talker.model.__dict__["run_layers"]  # there for the dynamic dimensions; frames take each block's region
+    regions.compiled = lambda *args: pytest.fail("one block per call runs the blocks' own regions")
+    got = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=options).codes
+    assert regions.size == 1 and torch.equal(got, expected)
     uncompile_regions(talker)
     monkeypatch.setitem(accel.TALKER_REGION_BLOCKS, "cpu", 2)
     tts.accelerate(compile=True, compile_backend="eager", max_frames=64)
