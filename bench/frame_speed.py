@@ -18,8 +18,10 @@ variants predictor-matmul / -sdpa, talker-matmul / -sdpa (how compiled blocks at
 fused kernel), gqa / stacked-heads (torch's GQA call, or query heads stacked per KV head), pairwise-filter /
 sort-filter (how compiled sampling filters), row-products / linear-products (how compiled regions multiply one or
 two rows), autotune (inductor's max_autotune_gemm), span-buckets / whole-cache (how many cache slots graphed
-talker attention reads: ``accel.GRAPH_SPANS``) and seven-block-regions / one-block-regions (talker blocks per
-compiled call in frames: ``accel.TALKER_REGION_BLOCKS``); a mode without a variant part takes the library's default).
+talker attention reads: ``accel.GRAPH_SPANS``), seven-block-regions / one-block-regions (talker blocks per
+compiled call in frames: ``accel.TALKER_REGION_BLOCKS``) and static-regions / dynamic-regions (frame regions
+compiled for static shapes or left to dynamo's automatic dynamic shapes: ``accel.STATIC_REGIONS``); a mode without a
+variant part takes the library's default).
 Absolute times only mean something on a GPU; on CPU compare modes within one run.
 """
 
@@ -55,11 +57,12 @@ VARIANTS = {
     "autotune": ("options", {"max_autotune_gemm": True}),
     "span-buckets": ("spans", "buckets"), "whole-cache": ("spans", "whole"),
     "seven-block-regions": ("region_blocks", 7), "one-block-regions": ("region_blocks", 1),
+    "static-regions": ("static_regions", True), "dynamic-regions": ("static_regions", False),
 }
 DEFAULTS = {"predictor": accel.CUDA_ATTENTION["predictor"], "talker": accel.CUDA_ATTENTION["talker"],
             "stack": layers.STACK_GROUPED_HEADS, "filter": sampling.CUDA_FILTER, "products": accel.CUDA_PRODUCTS,
             "options": dict(accel.CUDA_COMPILE_OPTIONS), "spans": accel.GRAPH_SPANS,
-            "region_blocks": accel.TALKER_REGION_BLOCKS["cuda"]}
+            "region_blocks": accel.TALKER_REGION_BLOCKS["cuda"], "static_regions": accel.STATIC_REGIONS["cuda"]}
 
 
 def mode_options(mode: str, device: torch.device, max_frames: int = 512) -> AccelOptions:
@@ -81,6 +84,7 @@ def use_variants(mode: str) -> None:
     accel.CUDA_COMPILE_OPTIONS = dict(choice["options"])
     accel.GRAPH_SPANS = choice["spans"]
     accel.TALKER_REGION_BLOCKS["cuda"] = choice["region_blocks"]
+    accel.STATIC_REGIONS["cuda"] = choice["static_regions"]
 
 
 def _sync(device: torch.device) -> None:
@@ -156,8 +160,14 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in report.items() if k != "modes"}), flush=True)
     reference = None
+    static = accel.STATIC_REGIONS["cuda"]
     for mode, options in modes.items():
         use_variants(mode)
+        if accel.STATIC_REGIONS["cuda"] != static:
+            # Graphs compiled by the earlier modes live on the same functions, and their guards would let this mode
+            # replay them: only a fresh dynamo cache shows what this setting compiles.
+            torch._dynamo.reset()
+            static = accel.STATIC_REGIONS["cuda"]
         tts.set_accel(options)
         entry: dict = {"frame_ms": {}, "frames_per_s": {}, "first_step_s": {},
                        "pipelined": tts.new_runner(1).pipelined}

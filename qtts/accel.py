@@ -203,6 +203,18 @@ CPU_COMPILE_OPTIONS: dict[str, object] = {"cpp.enable_floating_point_contract_fl
 # is made.
 TALKER_REGION_BLOCKS: dict[str, int] = {"cpu": 7, "cuda": 1}
 
+# Frame regions (the talker's block runs, the code predictor's step) compiled for static shapes
+# (``torch.compile(dynamic=False)``) by device type: one graph per batch bucket and step shape, with only the
+# dimensions ``BlockRegions`` marks dynamic (a frame's attention span, a prefill's length). Left to dynamo's
+# automatic dynamic shapes (False), a size seen to change makes a graph dynamic in it: the code predictor's later
+# steps (one position after the first step's two) and the larger batch buckets get dynamic graphs, and more of them
+# (on CPU, warming buckets 1, 2, 4 and 8: 12 predictor and 7 block graphs instead of 8 and 4; one from guards that
+# duck sizing tied between unrelated sizes). On CPU, True compiled a first int8 request in 92.7 s instead of 99.8 s
+# (13 graphs instead of 14) but ran its frames 0.7-1.6 % slower (two in-process A/Bs, 10 rounds each; 8 float32
+# streams 0.984, noise; BENCHMARKS.md, session 16): not kept. Under CUDA graphs static kernels per bucket might
+# beat dynamic ones: ``bench/frame_speed.py`` mode part ``static-regions``. Read when a compiled frame step is made.
+STATIC_REGIONS: dict[str, bool] = {"cpu": False, "cuda": False}
+
 
 def region_blocks(device_type: str) -> int:
     """Talker blocks per compiled region in frame steps on a device type (``TALKER_REGION_BLOCKS``; others: 1)."""
@@ -230,6 +242,7 @@ class BlockRegions:
     * Prefill (more than one position) runs the blocks' own regions with the prompt length dynamic from the first
       prompt, so one graph serves every length (without it the first graph is built for the first prompt's length
       and the first prompt of another length, a request, waits for a second, dynamic one).
+    * ``static``: the compiled call takes static shapes but for the dimensions marked here (``STATIC_REGIONS``).
     * ``dynamic_span``: a frame's attention span (the mask's last dimension, the cache slots attention reads) is
       dynamic from the first frame, so one graph serves every span (without it dynamo builds a static graph for
       the first span and a dynamic one when the span first changes: the blocks compiled twice per batch bucket).
@@ -237,12 +250,12 @@ class BlockRegions:
       a few fixed sizes, each its own static graph."""
 
     def __init__(self, decoder: torch.nn.Module, size: int, backend: str, options: dict | None,
-                 dynamic_span: bool = False) -> None:
+                 dynamic_span: bool = False, static: bool = False) -> None:
         self.decoder = decoder
         layers = list(decoder.layers)
         self.size = size
         self.runs = [tuple(layers[i:i + size]) for i in range(0, len(layers), size)]
-        self.compiled = torch.compile(_run_blocks, backend=backend, options=options)
+        self.compiled = torch.compile(_run_blocks, backend=backend, options=options, dynamic=False if static else None)
         self.dynamic_span = dynamic_span
 
     def __call__(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], caches: list,
@@ -325,9 +338,11 @@ def compile_regions(talker: Talker, backend: str, dynamic_span: bool = False) ->
     options = region_compile_options(device_type) if backend == "inductor" else None  # others take none
     for region in _regions(talker):
         region.compile(backend=backend, options=options)
-    talker.model.run_layers = BlockRegions(talker.model, per_call, backend, options, dynamic_span)
+    static = STATIC_REGIONS.get(device_type, False)
+    talker.model.run_layers = BlockRegions(talker.model, per_call, backend, options, dynamic_span, static)
     predictor = talker.code_predictor  # an instance attribute over the method, until ``uncompile_regions``
-    predictor.step = torch.compile(predictor.step, backend=backend, options=options)
+    predictor.step = torch.compile(predictor.step, backend=backend, options=options,
+                                   dynamic=False if static else None)
     for layer in talker.modules():
         if isinstance(layer, Int8Linear):
             layer.uses_int8pack()  # decide the kernel now, outside any trace

@@ -37,7 +37,9 @@
 #      almost no arithmetic), graphed and compiled, and graphed only: how much of the 0.6b's graphed frame is the
 #      kernels' count rather than their work (the 15x-real-time target needs <= 5.33 ms per frame); then with the
 #      talker's blocks 7 to a compiled call (`seven-block-regions`, `accel.TALKER_REGION_BLOCKS`; the CPU default
-#      since session 15): fewer kernels if inductor fuses across the block boundaries.
+#      since session 15): fewer kernels if inductor fuses across the block boundaries; and with the frame regions
+#      compiled for static shapes (`static-regions`, `accel.STATIC_REGIONS`): batch 8 replays static kernels where
+#      dynamo's automatic dynamic shapes made the larger buckets' kernels dynamic in the batch size.
 # Steps 1-3 fill one call; a second call takes the rest: GPU_CHECK_ONLY="gpu_test_compiled profile
 # frame_speed_talker frame_speed_int8 frame_speed_autotune attention frame_speed_deep" (whatever the first left).
 # Sessions 9-10 measured the rest (BENCHMARKS.md): eager ~150 ms per frame; `auto` (graphs, fused, codec stream,
@@ -103,6 +105,7 @@ step frame_speed_autotune 120 python3 bench/frame_speed.py --shape 0.6b --dtype 
     --max-frames 2048 --modes "$C+$S+autotune" --long 240 --out "$OUT/frame_speed_autotune.json"
 step attention 30 python3 scripts/gpu_attention.py
 step frame_speed_deep 90 python3 bench/frame_speed.py --shape tiny-deep --dtype bfloat16 --batches 1,8 --frames 48 \
-    --max-frames 2048 --modes "$C,graphs+fused+codec-stream,$C+seven-block-regions" --out "$OUT/frame_speed_deep.json"
+    --max-frames 2048 --modes "$C,graphs+fused+codec-stream,$C+seven-block-regions,$C+static-regions" \
+    --out "$OUT/frame_speed_deep.json"
 echo "done at +$(( $(date +%s) - START ))s" | tee -a "$LOG"
 grep -E "^== |ms/frame|passed|failed|error|Error|x_realtime" "$LOG" | tail -n 60

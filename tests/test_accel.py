@@ -686,8 +686,9 @@ def test_block_regions_run_the_blocks_in_turn_with_one_graph_per_run_length():
 def test_block_regions_with_a_dynamic_span_build_one_graph_for_every_span():
     """``BlockRegions(dynamic_span=True)`` marks the mask's span dimension dynamic before its first call: frames
     at spans 16, 24 and 40 equal the plain layer loop and share the graphs of the first call (one per run length:
-    runs of 2 and the last single block). Without the mark dynamo builds static graphs for the first span and
-    dynamic ones when the span first changes: twice as many, a second compilation of the blocks."""
+    runs of 2 and the last single block), compiled for static shapes (``static``) or not. Without the mark dynamo
+    builds static graphs for the first span and dynamic ones when the span first changes (twice as many, a second
+    compilation of the blocks), or with ``static`` a graph per span."""
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
     from qtts import accel
@@ -709,14 +710,47 @@ def test_block_regions_with_a_dynamic_span_build_one_graph_for_every_span():
             mask = additive_mask(causal_mask(positions, span), x.dtype)
             return loop(x, rope, cache.layers, positions, mask), cache.k.clone()
 
-    for dynamic, graphs in ((True, 2), (False, 4)):
+    for dynamic, static, graphs in ((True, False, 2), (False, False, 4), (True, True, 2), (False, True, 6)):
         torch._dynamo.reset()
-        regions = accel.BlockRegions(decoder, 2, "eager", None, dynamic_span=dynamic)
+        regions = accel.BlockRegions(decoder, 2, "eager", None, dynamic_span=dynamic, static=static)
         for span in (16, 24, 40):
             expected, expected_k = run(decoder.run_layers, span)
             got, got_k = run(regions, span)
             assert torch.equal(got, expected) and torch.equal(got_k, expected_k)
         assert len(_debug_get_cache_entry_list(accel._run_blocks.__code__)) == graphs
+
+
+def test_static_frame_regions_compile_one_graph_per_bucket_and_step(tiny_checkpoints, monkeypatch):
+    """``STATIC_REGIONS["cpu"]`` True: the talker's block runs and the code predictor's step compile for static
+    shapes, so an engine's warm-up over buckets 1, 2 and 3 builds one block graph per bucket and two predictor graphs
+    (first step, later steps) per bucket. Left to dynamo's automatic dynamic shapes (False, the default) the tiny
+    model's larger buckets share a graph dynamic in the batch size (at the 0.6b the row kernels' unrolled rows
+    specialise them again, so there it builds more graphs: BENCHMARKS.md, session 16). Either way requests after
+    the warm-up compile nothing and give eager's codes."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from qtts import accel
+
+    assert accel.STATIC_REGIONS == {"cpu": False, "cuda": False}
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
+    options = SynthesisOptions(max_new_tokens=5)
+    expected = [tts.synthesize(t, voice=Speaker("ryan"), seed=0, options=options).codes for t in TEXTS]
+    step = type(tts.model.talker.code_predictor).step
+    counts = {}
+    for static in (True, False):
+        monkeypatch.setitem(accel.STATIC_REGIONS, "cpu", static)
+        torch._dynamo.reset()
+        tts.accelerate(compile=True, compile_backend="eager", max_frames=64)
+        with Engine(tts, EngineConfig(max_batch=3)) as engine:
+            engine.warm_up(frames=4)
+            counts[static] = (len(_debug_get_cache_entry_list(accel._run_blocks.__code__)),
+                              len(_debug_get_cache_entry_list(step.__code__)))
+            handles = [engine.submit(tts.prepare(t, voice=Speaker("ryan"), seed=0, options=options)) for t in TEXTS]
+            got = [torch.cat([c.codes for c in handle]) for handle in handles]
+            assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+            assert (len(_debug_get_cache_entry_list(accel._run_blocks.__code__)),
+                    len(_debug_get_cache_entry_list(step.__code__))) == counts[static]
+    assert counts[True] == (3, 6) and counts[False] == (2, 4)
 
 
 def test_compile_regions_runs_talker_blocks_as_region_blocks_says(tiny_checkpoints, monkeypatch):

@@ -199,20 +199,24 @@ def test_frame_speed_runs_modes_with_variant_parts(tmp_path, monkeypatch, keep_t
         monkeypatch.setattr(accel, name, getattr(accel, name))
     monkeypatch.setattr(accel, "CUDA_ATTENTION", dict(accel.CUDA_ATTENTION))  # updated in place by the benchmark
     monkeypatch.setattr(accel, "TALKER_REGION_BLOCKS", dict(accel.TALKER_REGION_BLOCKS))  # likewise
+    monkeypatch.setattr(accel, "STATIC_REGIONS", dict(accel.STATIC_REGIONS))  # likewise
     monkeypatch.setattr(layers, "STACK_GROUPED_HEADS", layers.STACK_GROUPED_HEADS)
     monkeypatch.setattr(sampling, "CUDA_FILTER", sampling.CUDA_FILTER)
     defaults = (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS, dict(accel.CUDA_COMPILE_OPTIONS))
     cpu_blocks, cuda_blocks = accel.TALKER_REGION_BLOCKS["cpu"], accel.TALKER_REGION_BLOCKS["cuda"]
+    static_regions = dict(accel.STATIC_REGIONS)
 
     assert module.mode_options("compile+fused+span-buckets", torch.device("cpu")) == dataclasses.replace(
         accel.AccelOptions(compile=True, fused=True), max_frames=512)
-    module.use_variants("eager+span-buckets+row-products+autotune+seven-block-regions")
+    module.use_variants("eager+span-buckets+row-products+autotune+seven-block-regions+static-regions")
     assert (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS, accel.CUDA_COMPILE_OPTIONS) == (
         "buckets", "rows", {"max_autotune_gemm": True})
     assert accel.TALKER_REGION_BLOCKS["cuda"] == 7 and accel.TALKER_REGION_BLOCKS["cpu"] == cpu_blocks
+    assert {**static_regions, "cuda": True} == accel.STATIC_REGIONS
     module.use_variants("eager")
     assert (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS, dict(accel.CUDA_COMPILE_OPTIONS)) == defaults
     assert {"cpu": cpu_blocks, "cuda": cuda_blocks} == accel.TALKER_REGION_BLOCKS
+    assert static_regions == accel.STATIC_REGIONS
 
     def run(*args: str) -> None:
         monkeypatch.setattr(sys, "argv", ["frame_speed.py", "--shape", "tiny", "--device", "cpu", *args])
@@ -229,6 +233,13 @@ def test_frame_speed_runs_modes_with_variant_parts(tmp_path, monkeypatch, keep_t
         assert set(entry["frame_ms"]) == {"1", "2"} and all(ms > 0 for ms in entry["frame_ms"].values())
         assert entry["codes_match_first"] and entry["x_realtime"] > 0
     assert (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS) == ("buckets", "rows")  # the last mode's choices hold after it
+    # A mode that changes ``STATIC_REGIONS`` starts from a fresh dynamo cache (else it could replay the earlier
+    # modes' graphs); modes that keep it do not.
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    modes = "eager,eager+static-regions,eager+static-regions+whole-cache,eager+dynamic-regions"
+    run("--dtype", "float32", "--modes", modes, "--batches", "1", "--frames", "1", "--threads", "1", "--out", str(out))
+    assert len(resets) == 2
 
 
 def test_int8_products_reports_speed_and_error_per_kernel(capsys, keep_threads, monkeypatch):
