@@ -754,10 +754,9 @@ def test_static_frame_regions_compile_one_graph_per_bucket_and_step(tiny_checkpo
 
 
 def test_compile_regions_runs_talker_blocks_as_region_blocks_says(tiny_checkpoints, monkeypatch):
-    """``compile_regions`` puts ``BlockRegions`` over the talker's layer loop when ``TALKER_REGION_BLOCKS`` asks
-    for more than one block per call on the device (CPU: 7 by default), not over the code predictor's; with one
-    block per call frames take each block's own region; the codes are eager's; ``uncompile_regions`` takes it off;
-    a bad value is named."""
+    """``compile_regions`` puts ``BlockRegions`` over the talker's layer loop (not over the code predictor's), which
+    runs frames' blocks ``TALKER_REGION_BLOCKS`` at a time (CPU: 7 by default) and with one block per call through
+    each block's own region; the codes are eager's; ``uncompile_regions`` takes it off; a bad value is named."""
     from qtts import accel
     from qtts.accel import compile_regions, uncompile_regions
 
