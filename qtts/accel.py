@@ -203,7 +203,7 @@ CPU_COMPILE_OPTIONS: dict[str, object] = {"cpp.enable_floating_point_contract_fl
 # is made.
 TALKER_REGION_BLOCKS: dict[str, int] = {"cpu": 7, "cuda": 1}
 
-# Frame regions (the talker's block runs, the code predictor's step) compiled for static shapes
+# Frame regions (the talker's blocks, in runs or one by one, and the code predictor's step) compiled for static shapes
 # (``torch.compile(dynamic=False)``) by device type: one graph per batch bucket and step shape, with only the
 # dimensions ``BlockRegions`` marks dynamic (a frame's attention span, a prefill's length). Left to dynamo's
 # automatic dynamic shapes (False), a size seen to change makes a graph dynamic in it: the code predictor's later
@@ -336,9 +336,9 @@ def compile_regions(talker: Talker, backend: str, dynamic_span: bool = False) ->
     if region_products(device_type) == "rows":
         use_row_kernels_(talker, True)  # until the next ``set_accel``
     options = region_compile_options(device_type) if backend == "inductor" else None  # others take none
-    for region in _regions(talker):
-        region.compile(backend=backend, options=options)
     static = STATIC_REGIONS.get(device_type, False)
+    for region in _regions(talker):  # frames with one block per call run these too
+        region.compile(backend=backend, options=options, dynamic=False if static else None)
     talker.model.run_layers = BlockRegions(talker.model, per_call, backend, options, dynamic_span, static)
     predictor = talker.code_predictor  # an instance attribute over the method, until ``uncompile_regions``
     predictor.step = torch.compile(predictor.step, backend=backend, options=options,

@@ -753,6 +753,37 @@ def test_static_frame_regions_compile_one_graph_per_bucket_and_step(tiny_checkpo
     assert counts[True] == (3, 6) and counts[False] == (2, 4)
 
 
+def test_static_regions_reach_the_blocks_own_regions(tiny_tts, monkeypatch):
+    """With one talker block per call (CUDA's default) frames run each block's own compiled region, so
+    ``STATIC_REGIONS`` must reach those too: frames of 1, 2 and 3 streams then take a static graph each, where
+    dynamo's automatic dynamic shapes share one graph, dynamic in the batch size, for 2 and 3."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from qtts import accel
+    from qtts.model.cache import KVCache
+    from qtts.model.layers import Block
+
+    talker = tiny_tts["custom_voice"].model.talker
+    cfg = talker.cfg
+    monkeypatch.setitem(accel.TALKER_REGION_BLOCKS, "cpu", 1)
+    graphs = {}
+    for static in (True, False):
+        monkeypatch.setitem(accel.STATIC_REGIONS, "cpu", static)
+        torch._dynamo.reset()
+        accel.compile_regions(talker, "eager")
+        try:
+            for b in (1, 2, 3):
+                caches = KVCache(cfg.num_hidden_layers, b, cfg.num_key_value_heads, 16, cfg.head_dim, "cpu",
+                                 torch.float32).layers
+                positions = torch.full((b, 1), 3)
+                with torch.no_grad():
+                    talker.model(torch.zeros(b, 1, cfg.hidden_size), positions, caches, causal_mask(positions, 16))
+        finally:
+            accel.uncompile_regions(talker)
+        graphs[static] = len(_debug_get_cache_entry_list(Block.forward.__code__))
+    assert graphs == {True: 3, False: 2}
+
+
 def test_compile_regions_runs_talker_blocks_as_region_blocks_says(tiny_checkpoints, monkeypatch):
     """``compile_regions`` puts ``BlockRegions`` over the talker's layer loop (not over the code predictor's), which
     runs frames' blocks ``TALKER_REGION_BLOCKS`` at a time (CPU: 7 by default) and with one block per call through
@@ -915,10 +946,11 @@ def test_compile_regions_applies_the_products_and_options(tiny_checkpoints, monk
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
     monkeypatch.setattr(accel, "CUDA_COMPILE_OPTIONS", {"max_autotune_gemm": True})
     accel.compile_regions(tts.model.talker, "inductor")
-    assert seen and all(kw == {"backend": "inductor", "options": accel.CPU_COMPILE_OPTIONS} for kw in seen)
+    assert seen and all(kw == {"backend": "inductor", "options": accel.CPU_COMPILE_OPTIONS, "dynamic": None}
+                    for kw in seen)
     seen.clear()
     accel.compile_regions(tts.model.talker, "eager")  # a tracing backend takes no inductor options
-    assert seen and all(kw == {"backend": "eager", "options": None} for kw in seen)
+    assert seen and all(kw == {"backend": "eager", "options": None, "dynamic": None} for kw in seen)
     assert not gemv.uses_row_kernels(tts.model.talker)
     monkeypatch.setattr(accel, "region_products", lambda device_type: "rows")
     accel.compile_regions(tts.model.talker, "inductor")
