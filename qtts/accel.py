@@ -7,16 +7,15 @@ it once per frame. Three implementations, chosen by ``AccelOptions``:
 - ``FrameStep`` (eager): the reference. Attention reads exactly the cache slots in use (``span``).
 - ``compile=True``: regional ``torch.compile`` of the transformer blocks and the sampling functions (one
   graph per block shape, reused by every layer: fast to compile) on preallocated state. Without CUDA graphs
-  attention reads the cache slots in use rounded up to ``SPAN_STEP`` (masked beyond; the span becomes a
-  dynamic dimension after its first change, so nothing recompiles per frame); with graphs it reads the whole
-  static cache.
+  attention reads the cache slots in use rounded up to ``SPAN_STEP`` (masked beyond; the span is a dynamic
+  dimension, so nothing recompiles per frame); with graphs, as the next item says.
 - ``cuda_graphs=True`` (CUDA only): one CUDA graph per batch-size bucket (1, 2, 4, 8, ... up to
   ``max_batch``), captured once per runner over its preallocated state and replayed every frame; rows
   beyond the live ones are free slots (inactive: computed, never advanced). A graph replays fixed shapes, so
-  talker attention reads a fixed number of cache slots: the whole cache, or with ``GRAPH_SPANS = "buckets"``
-  the slots in use rounded up to a power of two (``graph_spans``: one graph per batch bucket and span, all
-  captured on the bucket's first frame). A reallocated cache or text buffer (rare: only past ``max_frames``)
-  triggers a re-capture.
+  talker attention reads a fixed number of cache slots: by default (``GRAPH_SPANS = "buckets"``) the slots in
+  use rounded up to a power of two (``graph_spans``: one graph per batch bucket and span, all captured on the
+  bucket's first frame), or the whole cache (``"whole"``). A reallocated cache or text buffer (rare: only past
+  ``max_frames``) triggers a re-capture.
 
 Warm-up and capture happen on the first frame of each bucket, once per runner (an ``Engine`` keeps its
 runner for its lifetime); ``capture_seconds`` records their cost.
@@ -123,11 +122,11 @@ SPAN_STEP = 64  # compiled frame step without CUDA graphs: attention span granul
 # How many cache slots talker attention reads under CUDA graphs, whose replays repeat fixed shapes: "whole" (the
 # whole static cache, ``max_frames`` slots: one graph per batch bucket) or "buckets" (the slots in use rounded up
 # to a power of two from ``GRAPH_SPAN_MIN``, the last one the whole cache: one graph per batch bucket and span, all
-# captured on the bucket's first frame, so that no stream waits for a capture mid-way). An H100 spent 13 µs per
-# talker layer in cuDNN's attention over 512 slots (session 10's benchmark; 376 µs of a 5.3 ms frame), and the
-# library default caches 2048 slots per stream, while a stream of 20 s of audio uses ~300; "buckets" is not
-# measured on a GPU yet (``bench/frame_speed.py`` mode part ``span-buckets``). Read at every graphed frame.
-GRAPH_SPANS = "whole"
+# captured on the bucket's first frame, so that no stream waits for a capture mid-way). The library caches 2048
+# slots per stream, while a stream of 20 s of audio uses ~300. On an H100 (session 17, bfloat16, 0.6b, compiled +
+# graphed, 2048 slots; ``bench/frame_speed.py`` mode part ``span-buckets`` / ``whole-cache``) "buckets" took one
+# stream's frame from 5.19 to 5.12 ms and 8 streams' from 6.28 to 5.69 ms. Read at every graphed frame.
+GRAPH_SPANS = "buckets"
 GRAPH_SPAN_MIN = 256
 
 
@@ -176,9 +175,11 @@ CUDA_ATTENTION: dict[str, str] = {"talker": "sdpa", "predictor": "matmul"}
 # How compiled regions multiply on CUDA: "linear" (cuBLAS, through torch's linear) or "rows" (one or two activation
 # rows as the Triton reductions inductor writes: ``qtts.gemv``, ``CUDA_MAX_ROWS``). An H100 spent 2.5 ms of a
 # 4.8 ms compiled frame in one-row cuBLAS products at ~45 % of its memory bandwidth (BENCHMARKS.md, session 10);
-# "rows" is not measured there yet (``bench/frame_speed.py`` mode part ``row-products``). Read when a compiled
-# frame step is made.
-CUDA_PRODUCTS = "linear"
+# with "rows" one stream's compiled, graphed frame took 4.51 ms against 5.12 (8 streams, whose products keep
+# cuBLAS: 5.70 and 5.69), and a stream of 19 s of audio ran at 16.6 x real time against 14.9 (session 17,
+# bfloat16, 0.6b, 2048 slots; ``bench/frame_speed.py`` mode part ``row-products`` / ``linear-products``). Read
+# when a compiled frame step is made.
+CUDA_PRODUCTS = "rows"
 # Inductor options for the compiled regions on CUDA, e.g. ``{"max_autotune_gemm": True}`` (inductor times
 # Triton templates against cuBLAS for every product shape: slower to build; ``bench/frame_speed.py`` mode part
 # ``autotune``). Empty: inductor's defaults.

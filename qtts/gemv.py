@@ -184,8 +184,8 @@ MAX_WIDTH = {torch.int8: 4096, torch.bfloat16: 8192}
 
 # On CUDA the kernel is only traced into compiled regions, where inductor writes each product as one Triton
 # reduction over the weight with its neighbours (norm, activation, residual) fused in, instead of a cuBLAS call:
-# ``accel.CUDA_PRODUCTS = "rows"`` (not the default until measured faster on a GPU: ``bench/frame_speed.py`` mode
-# part ``row-products``). Up to two rows: a single stream's talker step and the code predictor's first step.
+# ``accel.CUDA_PRODUCTS = "rows"``, the default since an H100 measured it faster (BENCHMARKS.md, session 17). Up
+# to two rows: a single stream's talker step and the code predictor's first step.
 CUDA_MAX_ROWS = 2
 
 

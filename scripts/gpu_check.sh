@@ -13,35 +13,34 @@
 # Steps, most important first, each with a time cap inside one overall deadline (a step cut short keeps what
 # it wrote):
 #   0. smoke: import qtts, one tiny synthesis on CUDA (stops the run early if this fails);
-#   1. the GPU tests but the compiled ones (CUDA graphs == eager, graphed codec chunk decode == eager, `auto` ==
-#      eager, the sort-free filter == the sort, graphs per attention span == eager);
-#   2. bench/frame_speed.py at the 0.6b shape, bfloat16, with the library's 2048 cache slots per stream (sessions
-#      6-10 measured with 512): compile + CUDA graphs + fused + codec stream (`C`; session 10: 5.26 ms per frame,
-#      14.6x real time at 512 slots), then with graphs per attention span (`span-buckets`, `accel.GRAPH_SPANS`:
-#      talker attention reads the slots in use rounded up to a power of two from 256, not the whole cache), then
-#      also with the products of one or two rows as Triton row reductions (`row-products`,
-#      `accel.CUDA_PRODUCTS = "rows"`); B = 1 and 8, TTFA, x real time over 48 and 240 frames. In bfloat16 on
-#      random weights any kernel change flips near-tie greedy picks, so `codes_match_first` says nothing there;
-#      the tests check float32. A variant that wins becomes the default;
-#   3. the compiled GPU tests: compile + graphs == eager with session 10's defaults (GQA call, the predictor's
-#      plain-product attention, the sort-free filter for one row; never run on a GPU yet), with graphs per span
-#      (a dynamic span), and with row products (float32 and int8 weights); 30-50 s of compilation per bucket;
-#   4. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
-#   5. with graphs per span, the talker's attention as plain products too (`talker-matmul`: over 256-512 slots
-#      Triton's fused products may beat cuDNN's call, which session 10 kept for whole-cache reads);
-#   5b. the same A/B with int8 weights and row products (`--quantize int8`): the reductions read half of
-#      bfloat16's bytes (cuBLAS cannot take int8 weights: the eager int8 path on a GPU was slower than bfloat16);
-#   6. inductor's GEMM autotuning (`autotune`, `accel.CUDA_COMPILE_OPTIONS`): slow to build, so late;
-#   7. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds);
-#   8. the same frame at the `tiny-deep` shape (tiny widths, the 0.6b's layer counts: the 0.6b's kernels with
-#      almost no arithmetic), graphed and compiled, and graphed only: how much of the 0.6b's graphed frame is the
-#      kernels' count rather than their work (the 15x-real-time target needs <= 5.33 ms per frame); then with the
-#      talker's blocks 7 to a compiled call (`seven-block-regions`, `accel.TALKER_REGION_BLOCKS`; the CPU default
-#      since session 15): fewer kernels if inductor fuses across the block boundaries; and with the frame regions
-#      compiled for static shapes (`static-regions`, `accel.STATIC_REGIONS`): batch 8 replays static kernels where
-#      dynamo's automatic dynamic shapes made the larger buckets' kernels dynamic in the batch size.
-# Steps 1-3 fill one call; a second call takes the rest: GPU_CHECK_ONLY="gpu_test_compiled profile
-# frame_speed_talker frame_speed_int8 frame_speed_autotune attention frame_speed_deep" (whatever the first left).
+#   1. the compiled GPU tests of the row products, the default since session 17 (`accel.CUDA_PRODUCTS = "rows"`:
+#      products of one or two rows as Triton reductions inside compiled regions): compiled + graphed float32 and
+#      int8 runs against eager (~90 s each; session 17 measured the speed but its call ran out before these);
+#   2. bench/frame_speed.py at the 0.6b shape, bfloat16, 2048 cache slots per stream: `C` (compile + CUDA graphs +
+#      fused + codec stream with the library's defaults: graphs per attention span and row products since session
+#      17, 4.51 ms per frame, 16.6x real time over 19 s of audio) against `C` with the talker's attention as plain
+#      products (`talker-matmul`: over the 256-512 slots of a span bucket Triton's fused products may beat
+#      cuDNN's call); B = 1 and 8, TTFA, x real time over 48 and 240 frames. In bfloat16 on random weights any
+#      kernel change flips near-tie greedy picks, so `codes_match_first` says nothing there; the tests check
+#      float32. A variant that wins becomes the default;
+#   3. the GPU tests but the compiled ones (CUDA graphs == eager, graphed codec chunk decode == eager, `auto` ==
+#      eager, the sort-free filter == the sort, graphs per attention span == eager; 10 passed in session 17);
+#   4. the other compiled GPU tests (compile + graphs == eager with the defaults, graphs per span compiled; both
+#      passed in session 17, ~90 s each);
+#   5. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
+#   6. int8 weights with the row products, 1 and 8 streams (session 17: 4.37 ms for one stream, 16.9x real time);
+#   7. inductor's GEMM autotuning (`autotune`, `accel.CUDA_COMPILE_OPTIONS`): slow to build, so late;
+#   8. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds);
+#   9. the same frame at the `tiny-deep` shape (tiny widths, the 0.6b's layer counts: the 0.6b's kernels with
+#      almost no arithmetic), compiled + graphed and graphed only: how much of the 0.6b's graphed frame is the
+#      kernels' count rather than their work; then with the talker's blocks 7 to a compiled call
+#      (`seven-block-regions`, `accel.TALKER_REGION_BLOCKS`; the CPU default since session 15): fewer kernels if
+#      inductor fuses across the block boundaries; and with the frame regions compiled for static shapes
+#      (`static-regions`, `accel.STATIC_REGIONS`). Session 17's run of it timed empty steps (its sampled streams
+#      ended early; bench/frame_speed.py now retries other seeds and reports `streams_ended`).
+# Steps 0-2 fill most of one call (~9.6 min); a second call takes the rest: GPU_CHECK_ONLY="gpu_tests
+# gpu_test_compiled profile frame_speed_int8 frame_speed_autotune attention frame_speed_deep" (whatever the first
+# left). The machine is given back 30 s after a call ends: start the second call at once.
 # Sessions 9-10 measured the rest (BENCHMARKS.md): eager ~150 ms per frame; `auto` (graphs, fused, codec stream,
 # GQA call) 8.8 ms for 1 stream, 10.4 for 8, 11.5 for 32; the attention and filter variants.
 # The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
@@ -49,7 +48,7 @@
 #   checkpoints/0.6b-custom_voice), then PYTHONPATH="$PWD:/tmp/off:/tmp/site" python3 bench/suite.py --device cuda
 #   --shapes 0.6b --dtypes bfloat16 --accels eager,cuda-graphs --batches 1,8 --frames 24 --out-dir "$OUT".
 # A rerun can take some steps only: GPU_CHECK_ONLY="smoke frame_speed_compiled" (step names, below),
-# GPU_TESTS_K (pytest -k of the gpu_tests step), GPU_SPEED_MODES (step 2's modes), GPU_PROFILE_MODE (step 6's).
+# GPU_TESTS_K (pytest -k of the gpu_tests step), GPU_SPEED_MODES (step 2's modes), GPU_PROFILE_MODE (step 5's).
 set -uo pipefail
 OUT=${OUT:-/tmp/qtts-gpu}
 mkdir -p "$OUT"
@@ -87,24 +86,23 @@ out = tts.synthesize("Hello there.", voice=Speaker(tts.speakers[0]), seed=0, opt
 print("smoke ok", tuple(out.codes.shape), round(time.perf_counter() - t0, 2), "s")
 EOF
 
+C=compile+graphs+fused+codec-stream  # the fastest set (the library's defaults inside); then the variants
+step gpu_test_rows 200 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
+    tests/test_accel.py -k row_products
+step frame_speed_compiled 300 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
+    --max-frames 2048 --modes "${GPU_SPEED_MODES:-$C,$C+talker-matmul}" --long 240 \
+    --out "$OUT/frame_speed_compiled.json"
 step gpu_tests 110 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
     tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
-C=compile+graphs+fused+codec-stream  # the fastest set (session 10's defaults inside); then the variants
-S=span-buckets
-step frame_speed_compiled 360 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
-    --max-frames 2048 --modes "${GPU_SPEED_MODES:-$C,$C+$S,$C+$S+row-products}" --long 240 \
-    --out "$OUT/frame_speed_compiled.json"
 step gpu_test_compiled 180 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
-    tests/test_accel.py -k compiled
-step profile 80 python3 scripts/gpu_profile.py --shape 0.6b --max-frames 2048 --mode "${GPU_PROFILE_MODE:-$C+$S}"
-step frame_speed_talker 100 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1 --frames 48 \
-    --max-frames 2048 --modes "$C+$S+talker-matmul" --long 240 --out "$OUT/frame_speed_talker.json"
-step frame_speed_int8 90 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --quantize int8 --batches 1 \
-    --frames 48 --max-frames 2048 --modes "$C+$S+row-products" --long 240 --out "$OUT/frame_speed_int8.json"
+    tests/test_accel.py -k "compiled and not row_products"
+step profile 80 python3 scripts/gpu_profile.py --shape 0.6b --max-frames 2048 --mode "${GPU_PROFILE_MODE:-$C}"
+step frame_speed_int8 100 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --quantize int8 --batches 1,8 \
+    --frames 48 --max-frames 2048 --modes "$C" --long 240 --out "$OUT/frame_speed_int8.json"
 step frame_speed_autotune 120 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1 --frames 48 \
-    --max-frames 2048 --modes "$C+$S+autotune" --long 240 --out "$OUT/frame_speed_autotune.json"
+    --max-frames 2048 --modes "$C+autotune" --long 240 --out "$OUT/frame_speed_autotune.json"
 step attention 30 python3 scripts/gpu_attention.py
-step frame_speed_deep 90 python3 bench/frame_speed.py --shape tiny-deep --dtype bfloat16 --batches 1,8 --frames 48 \
+step frame_speed_deep 150 python3 bench/frame_speed.py --shape tiny-deep --dtype bfloat16 --batches 1,8 --frames 48 \
     --max-frames 2048 --modes "$C,graphs+fused+codec-stream,$C+seven-block-regions,$C+static-regions" \
     --out "$OUT/frame_speed_deep.json"
 echo "done at +$(( $(date +%s) - START ))s" | tee -a "$LOG"

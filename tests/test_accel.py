@@ -845,15 +845,16 @@ def test_stream_state_bytes_is_what_a_static_slot_allocates(tiny_checkpoints):
 
 
 def test_region_products_and_options_per_device(monkeypatch):
-    """Compiled regions on CUDA multiply as ``CUDA_PRODUCTS`` says (cuBLAS until the row reductions are measured
-    faster) and take ``CUDA_COMPILE_OPTIONS``; a CPU's products follow ``row_kernels`` alone and its regions take
-    ``CPU_COMPILE_OPTIONS`` (FMA contraction). The row kernel takes one or two CUDA rows, only in compiled code."""
+    """Compiled regions on CUDA multiply as ``CUDA_PRODUCTS`` says (by default as row reductions, which an H100
+    measured faster than cuBLAS for one row) and take ``CUDA_COMPILE_OPTIONS``; a CPU's products follow
+    ``row_kernels`` alone and its regions take ``CPU_COMPILE_OPTIONS`` (FMA contraction). The row kernel takes one
+    or two CUDA rows, only in compiled code."""
     from qtts import accel
 
-    assert accel.CUDA_PRODUCTS == "linear" and accel.CUDA_COMPILE_OPTIONS == {}
-    assert accel.region_products("cuda") == "linear" and accel.region_products("cpu") == "linear"
-    monkeypatch.setattr(accel, "CUDA_PRODUCTS", "rows")
+    assert accel.CUDA_PRODUCTS == "rows" and accel.CUDA_COMPILE_OPTIONS == {}
     assert accel.region_products("cuda") == "rows" and accel.region_products("cpu") == "linear"
+    monkeypatch.setattr(accel, "CUDA_PRODUCTS", "linear")
+    assert accel.region_products("cuda") == "linear" and accel.region_products("cpu") == "linear"
     monkeypatch.setattr(accel, "CUDA_PRODUCTS", "triton")
     with pytest.raises(ValueError, match="CUDA_PRODUCTS"):
         accel.region_products("cuda")
@@ -870,18 +871,19 @@ def test_region_products_and_options_per_device(monkeypatch):
 
 
 def test_graph_spans(monkeypatch):
-    """Graphed talker attention reads the whole cache ("whole", the default until measured on a GPU) or the slots
-    in use rounded up to a power of two from ``GRAPH_SPAN_MIN``, the last span the whole cache ("buckets")."""
+    """Graphed talker attention reads the slots in use rounded up to a power of two from ``GRAPH_SPAN_MIN``, the
+    last span the whole cache ("buckets", the default since an H100 measured it faster), or the whole cache
+    ("whole")."""
     from qtts import accel
 
-    assert accel.GRAPH_SPANS == "whole"
-    assert accel.graph_spans(2048) == [2048] and accel.graph_span(1, 2048) == 2048
-    monkeypatch.setattr(accel, "GRAPH_SPANS", "buckets")
+    assert accel.GRAPH_SPANS == "buckets"
     assert accel.graph_spans(2048) == [256, 512, 1024, 2048]
     assert accel.graph_spans(600) == [256, 512, 600] and accel.graph_spans(256) == [256]
     assert accel.graph_spans(128) == [128]
     assert [accel.graph_span(n, 2048) for n in (1, 256, 257, 1024, 1025, 2048)] == [256, 256, 512, 1024, 2048, 2048]
     assert accel.graph_span(513, 600) == 600
+    monkeypatch.setattr(accel, "GRAPH_SPANS", "whole")
+    assert accel.graph_spans(2048) == [2048] and accel.graph_span(1, 2048) == 2048
     monkeypatch.setattr(accel, "GRAPH_SPANS", "some")
     with pytest.raises(ValueError, match="GRAPH_SPANS"):
         accel.graph_spans(64)
