@@ -19,8 +19,9 @@ Usage: ``python bench/frame_speed.py --shape 0.6b --device cuda --dtype bfloat16
 variants predictor-matmul / -sdpa, talker-matmul / -sdpa (how compiled blocks attend: plain products or torch's
 fused kernel), gqa / stacked-heads (torch's GQA call, or query heads stacked per KV head), pairwise-filter /
 sort-filter (how compiled sampling filters), row-products / linear-products (how compiled regions multiply one or
-two rows), autotune (inductor's max_autotune_gemm), span-buckets / whole-cache (how many cache slots graphed
-talker attention reads: ``accel.GRAPH_SPANS``), seven-block-regions / one-block-regions (talker blocks per
+two rows), rows-to-8 / rows-to-2 (up to how many rows the row products take: ``gemv.CUDA_MAX_ROWS``), autotune
+(inductor's max_autotune_gemm), span-buckets / whole-cache (how many cache slots graphed talker attention reads:
+``accel.GRAPH_SPANS``), seven-block-regions / one-block-regions (talker blocks per
 compiled call in frames: ``accel.TALKER_REGION_BLOCKS``) and static-regions / dynamic-regions (frame regions
 compiled for static shapes or left to dynamo's automatic dynamic shapes: ``accel.STATIC_REGIONS``); a mode without a
 variant part takes the library's default).
@@ -38,7 +39,7 @@ import time
 
 import torch
 
-from qtts import Sampling, Speaker, SynthesisOptions, accel, sampling
+from qtts import Sampling, Speaker, SynthesisOptions, accel, gemv, sampling
 from qtts.accel import AccelOptions, parse_accel
 from qtts.checkpoint import random_tts
 from qtts.model import layers
@@ -56,6 +57,7 @@ VARIANTS = {
     "gqa": ("stack", False), "stacked-heads": ("stack", True),
     "pairwise-filter": ("filter", "pairwise"), "sort-filter": ("filter", "sort"),
     "row-products": ("products", "rows"), "linear-products": ("products", "linear"),
+    "rows-to-8": ("cuda_max_rows", 8), "rows-to-2": ("cuda_max_rows", 2),
     "autotune": ("options", {"max_autotune_gemm": True}),
     "span-buckets": ("spans", "buckets"), "whole-cache": ("spans", "whole"),
     "seven-block-regions": ("region_blocks", 7), "one-block-regions": ("region_blocks", 1),
@@ -64,6 +66,7 @@ VARIANTS = {
 DEFAULTS = {"predictor": accel.CUDA_ATTENTION["predictor"], "talker": accel.CUDA_ATTENTION["talker"],
             "stack": layers.STACK_GROUPED_HEADS, "filter": sampling.CUDA_FILTER, "products": accel.CUDA_PRODUCTS,
             "options": dict(accel.CUDA_COMPILE_OPTIONS), "spans": accel.GRAPH_SPANS,
+            "cuda_max_rows": gemv.CUDA_MAX_ROWS,
             "region_blocks": accel.TALKER_REGION_BLOCKS["cuda"], "static_regions": accel.STATIC_REGIONS["cuda"]}
 
 
@@ -83,6 +86,7 @@ def use_variants(mode: str) -> None:
     layers.STACK_GROUPED_HEADS = choice["stack"]
     sampling.CUDA_FILTER = choice["filter"]
     accel.CUDA_PRODUCTS = choice["products"]
+    gemv.CUDA_MAX_ROWS = choice["cuda_max_rows"]
     accel.CUDA_COMPILE_OPTIONS = dict(choice["options"])
     accel.GRAPH_SPANS = choice["spans"]
     accel.TALKER_REGION_BLOCKS["cuda"] = choice["region_blocks"]

@@ -20,7 +20,8 @@
 #      fused + codec stream with the library's defaults: graphs per attention span and row products since session
 #      17, 4.51 ms per frame, 16.6x real time over 19 s of audio) against `C` with the talker's attention as plain
 #      products (`talker-matmul`: over the 256-512 slots of a span bucket Triton's fused products may beat
-#      cuDNN's call); B = 1 and 8, TTFA, x real time over 48 and 240 frames. In bfloat16 on random weights any
+#      cuDNN's call), and against `C` with row products up to 8 rows (`rows-to-8`, `gemv.CUDA_MAX_ROWS = 8`: 8
+#      streams' talker products too; session 17's 8 streams kept cuBLAS and gained nothing); B = 1 and 8, TTFA, x real time over 48 and 240 frames. In bfloat16 on random weights any
 #      kernel change flips near-tie greedy picks, so `codes_match_first` says nothing there; the tests check
 #      float32. A variant that wins becomes the default;
 #   3. the GPU tests but the compiled ones (CUDA graphs == eager, graphed codec chunk decode == eager, `auto` ==
@@ -90,7 +91,7 @@ C=compile+graphs+fused+codec-stream  # the fastest set (the library's defaults i
 step gpu_test_rows 200 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
     tests/test_accel.py -k row_products
 step frame_speed_compiled 300 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
-    --max-frames 2048 --modes "${GPU_SPEED_MODES:-$C,$C+talker-matmul}" --long 240 \
+    --max-frames 2048 --modes "${GPU_SPEED_MODES:-$C,$C+talker-matmul,$C+rows-to-8}" --long 240 \
     --out "$OUT/frame_speed_compiled.json"
 step gpu_tests 110 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
     tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
