@@ -12,7 +12,8 @@ Builds a random-weight model of a real shape in memory (``qtts.checkpoint.random
   chunk (1 frame) and wall time per audio second over the whole stream;
 - ``codes_match_first``: greedy codes equal the first mode's (same requests). Random weights give near-ties, so
   in bfloat16 any other kernel or fusion may flip a pick; code parity with eager is tested in float32 (tests/);
-- ``x_realtime_long`` (``--long N``): audio seconds per wall second of one stream of N frames.
+- ``x_realtime_long`` (``--long N``): audio seconds per wall second of one stream of N frames;
+- ``stream_frames`` / ``long_frames``: the frames those greedy streams made (fewer if a random model picked EOS).
 
 Usage: ``python bench/frame_speed.py --shape 0.6b --device cuda --dtype bfloat16 --modes eager,graphs,graphs+fused``
 (a mode is ``eager`` or parts joined by ``+``: compile, graphs, fused, row-kernels, codec-stream, and the internal
@@ -204,12 +205,14 @@ def main() -> None:
         entry["ttfa_ms"] = round(1000 * ttfa, 2)
         entry["rtf"] = round(rtf, 4)
         entry["x_realtime"] = round(1 / rtf, 2)
+        entry["stream_frames"] = int(codes.shape[0])  # fewer than --frames: the greedy stream ended on EOS
         if reference is None:
             reference = codes
         entry["codes_match_first"] = bool(torch.equal(codes, reference))
         if args.long:
-            _, rtf_long, _ = stream_once(tts, args.long)
+            _, rtf_long, long_codes = stream_once(tts, args.long)
             entry["x_realtime_long"] = {args.long: round(1 / rtf_long, 2)}
+            entry["long_frames"] = int(long_codes.shape[0])
         report["modes"][mode] = entry
         print(mode, json.dumps(entry), flush=True)
         if args.out:  # after every mode, so a run cut short keeps what it measured
