@@ -236,7 +236,7 @@ def test_frame_speed_runs_modes_with_variant_parts(tmp_path, monkeypatch, keep_t
     for entry in report["modes"].values():
         assert set(entry["frame_ms"]) == {"1", "2"} and all(ms > 0 for ms in entry["frame_ms"].values())
         assert entry["codes_match_first"] and entry["x_realtime"] > 0 and "streams_ended" not in entry
-        assert 1 <= entry["stream_frames"] <= 2
+        assert 1 <= entry["stream_frames"] <= 2 and len(entry["ttfa_ms_runs"]) == 3
     assert (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS) == ("whole", "linear")  # the last mode's choices hold after it
     # A mode that changes ``STATIC_REGIONS`` starts from a fresh dynamo cache (else it could replay the earlier
     # modes' graphs); modes that keep it do not.
