@@ -7,6 +7,7 @@
 # The device image has torch / numpy / tokenizers / safetensors but not soundfile, cffi, soxr, and no network.
 # Prepare `.gpu/` here first (git-ignored through .git/info/exclude; `bash scripts/gpu_prepare.sh`):
 #   .gpu/whl/    wheels our package needs there (soundfile, cffi, pycparser, soxr; CPython 3.12),
+#   .gpu/srv/    the server's and bench/server_load.py's (fastapi, uvicorn, httpx, ...), installed to /tmp/srv,
 #   .gpu/off/    the official package and the versions it pins (qwen-tts 0.1.1, transformers 4.57.3, ...),
 #                installed to /tmp/off for the suite against it (below), in its own PYTHONPATH,
 #   .gpu/shared/data/qwen-text-tokenizer/   the real tokenizer (the tests read it through QTTS_SHARED).
@@ -28,6 +29,10 @@
 #      eager, the sort-free filter == the sort, graphs per attention span == eager; 10 passed in session 17);
 #   4. the other compiled GPU tests (compile + graphs == eager with the defaults, graphs per span compiled; both
 #      passed in session 17, ~90 s each);
+#   4b. the server on the GPU for the first time: bench/server_load.py on a 0.6b random checkpoint (made there,
+#      ~20 s), `--accel auto` (graphs without compilation: a warm-up of seconds), bfloat16, 1, 8 and 32 concurrent
+#      streaming requests of 48 frames against the same requests one at a time: audio seconds per wall second,
+#      TTFA p50 / p95 under load, and every request's PCM against its sequential run (server wheels: .gpu/srv);
 #   5. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
 #   6. int8 weights with the row products, 1 and 8 streams (session 17: 4.37 ms for one stream, 16.9x real time);
 #   7. inductor's GEMM autotuning (`autotune`, `accel.CUDA_COMPILE_OPTIONS`): slow to build, so late;
@@ -40,8 +45,8 @@
 #      (`static-regions`, `accel.STATIC_REGIONS`). Session 17's run of it timed empty steps (its sampled streams
 #      ended early; bench/frame_speed.py now retries other seeds and reports `streams_ended`).
 # Steps 0-2 fill most of one call (~9.6 min); a second call takes the rest: GPU_CHECK_ONLY="gpu_tests
-# gpu_test_compiled profile frame_speed_int8 frame_speed_autotune attention frame_speed_deep" (whatever the first
-# left). The machine is given back 30 s after a call ends: start the second call at once.
+# gpu_test_compiled server_load profile frame_speed_int8 frame_speed_autotune attention frame_speed_deep" (whatever
+# the first left). The machine is given back 30 s after a call ends: start the second call at once.
 # Sessions 9-10 measured the rest (BENCHMARKS.md): eager ~150 ms per frame; `auto` (graphs, fused, codec stream,
 # GQA call) 8.8 ms for 1 stream, 10.4 for 8, 11.5 for 32; the attention and filter variants.
 # The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
@@ -52,6 +57,7 @@
 # GPU_TESTS_K (pytest -k of the gpu_tests step), GPU_SPEED_MODES (step 2's modes), GPU_PROFILE_MODE (step 5's).
 set -uo pipefail
 OUT=${OUT:-/tmp/qtts-gpu}
+export OUT
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 START=$(date +%s)
@@ -72,6 +78,8 @@ step() {  # step NAME CAP command...: runs with min(CAP, time left), appends to 
     >> "$LOG" 2>&1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
     >> "$LOG" 2>&1 || { echo "wheel install failed" | tee -a "$LOG"; exit 1; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/srv .gpu/srv/*.whl \
+    >> "$LOG" 2>&1 || echo "server wheels failed to install" | tee -a "$LOG"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/off .gpu/off/*.whl \
     >> "$LOG" 2>&1 || echo "official wheels failed to install" | tee -a "$LOG"
 export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 QTTS_SHARED="$PWD/.gpu/shared"
@@ -97,6 +105,10 @@ step gpu_tests 110 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gp
     tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
 step gpu_test_compiled 180 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
     tests/test_accel.py -k "compiled and not row_products"
+step server_load 170 bash -c 'python3 -m qtts.cli make-checkpoint --shape 0.6b --kind custom_voice --seed 1 \
+    --out /tmp/ck-0.6b --tokenizer .gpu/shared/data/qwen-text-tokenizer && PYTHONPATH="/tmp/srv:$PYTHONPATH" \
+    python3 bench/server_load.py --checkpoint /tmp/ck-0.6b --device cuda --dtype bfloat16 --accel auto \
+    --concurrency 1 8 32 --frames 48 --repeats 1 --out "$OUT/server_load.json"'
 step profile 80 python3 scripts/gpu_profile.py --shape 0.6b --max-frames 2048 --mode "${GPU_PROFILE_MODE:-$C}"
 step frame_speed_int8 100 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --quantize int8 --batches 1,8 \
     --frames 48 --max-frames 2048 --modes "$C" --long 240 --out "$OUT/frame_speed_int8.json"
