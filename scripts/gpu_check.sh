@@ -96,7 +96,7 @@ print("smoke ok", tuple(out.codes.shape), round(time.perf_counter() - t0, 2), "s
 EOF
 
 C=compile+graphs+fused+codec-stream  # the fastest set (the library's defaults inside); then the variants
-step gpu_test_rows 200 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
+step gpu_test_rows 220 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
     tests/test_accel.py -k row_products
 step frame_speed_compiled 300 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
     --max-frames 2048 --modes "${GPU_SPEED_MODES:-$C,$C+talker-matmul,$C+rows-to-8}" --long 240 \
