@@ -43,10 +43,12 @@
 #      (`seven-block-regions`, `accel.TALKER_REGION_BLOCKS`; the CPU default since session 15): fewer kernels if
 #      inductor fuses across the block boundaries; and with the frame regions compiled for static shapes
 #      (`static-regions`, `accel.STATIC_REGIONS`). Session 17's run of it timed empty steps (its sampled streams
-#      ended early; bench/frame_speed.py now retries other seeds and reports `streams_ended`).
+#      ended early; bench/frame_speed.py now retries other seeds and reports `streams_ended`);
+#  10. `C` at the 1.7b shape (talker 2048 wide; never measured on a GPU), 1 and 8 streams.
 # Steps 0-2 fill most of one call (~9.6 min); a second call takes the rest: GPU_CHECK_ONLY="gpu_tests
-# gpu_test_compiled server_load profile frame_speed_int8 frame_speed_autotune attention frame_speed_deep" (whatever
-# the first left). The machine is given back 30 s after a call ends: start the second call at once.
+# gpu_test_compiled server_load profile frame_speed_int8 frame_speed_autotune attention frame_speed_deep
+# frame_speed_1.7b" (whatever the first left). The machine is given back 30 s after a call ends: start the second
+# call at once.
 # Sessions 9-10 measured the rest (BENCHMARKS.md): eager ~150 ms per frame; `auto` (graphs, fused, codec stream,
 # GQA call) 8.8 ms for 1 stream, 10.4 for 8, 11.5 for 32; the attention and filter variants.
 # The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
@@ -118,5 +120,7 @@ step attention 30 python3 scripts/gpu_attention.py
 step frame_speed_deep 150 python3 bench/frame_speed.py --shape tiny-deep --dtype bfloat16 --batches 1,8 --frames 48 \
     --max-frames 2048 --modes "$C,graphs+fused+codec-stream,$C+seven-block-regions,$C+static-regions" \
     --out "$OUT/frame_speed_deep.json"
+step frame_speed_1.7b 120 python3 bench/frame_speed.py --shape 1.7b --dtype bfloat16 --batches 1,8 --frames 48 \
+    --max-frames 2048 --modes "$C" --long 240 --out "$OUT/frame_speed_1.7b.json"
 echo "done at +$(( $(date +%s) - START ))s" | tee -a "$LOG"
 grep -E "^== |ms/frame|passed|failed|error|Error|x_realtime" "$LOG" | tail -n 60
