@@ -12,43 +12,46 @@
 #                installed to /tmp/off for the suite against it (below), in its own PYTHONPATH,
 #   .gpu/shared/data/qwen-text-tokenizer/   the real tokenizer (the tests read it through QTTS_SHARED).
 # Steps, most important first, each with a time cap inside one overall deadline (a step cut short keeps what
-# it wrote):
+# it wrote). The first call takes steps 0-2 (~9.5 min); the second, on the same warm machine, has ~4-5 minutes:
+# GPU_CHECK_ONLY="server_load profile frame_speed_deep frame_speed_int8 frame_speed_1.7b gpu_tests
+# gpu_test_compiled frame_speed_autotune attention" (whatever the first left; the order below decides what runs).
+# The machine is given back 30 s after a call ends: start the second call at once.
 #   0. smoke: import qtts, one tiny synthesis on CUDA (stops the run early if this fails);
 #   1. the compiled GPU tests of the row products, the default since session 17 (`accel.CUDA_PRODUCTS = "rows"`:
 #      products of one or two rows as Triton reductions inside compiled regions): compiled + graphed float32 and
-#      int8 runs against eager (~90 s each; session 17 measured the speed but its call ran out before these);
+#      int8 runs against eager (~90 s each; session 17 measured the speed but its call ran out before these;
+#      if they fail, set `CUDA_PRODUCTS` back to "linear");
 #   2. bench/frame_speed.py at the 0.6b shape, bfloat16, 2048 cache slots per stream: `C` (compile + CUDA graphs +
 #      fused + codec stream with the library's defaults: graphs per attention span and row products since session
 #      17, 4.51 ms per frame, 16.6x real time over 19 s of audio) against `C` with the talker's attention as plain
 #      products (`talker-matmul`: over the 256-512 slots of a span bucket Triton's fused products may beat
 #      cuDNN's call), and against `C` with row products up to 8 rows (`rows-to-8`, `gemv.CUDA_MAX_ROWS = 8`: 8
-#      streams' talker products too; session 17's 8 streams kept cuBLAS and gained nothing); B = 1 and 8, TTFA, x real time over 48 and 240 frames. In bfloat16 on random weights any
-#      kernel change flips near-tie greedy picks, so `codes_match_first` says nothing there; the tests check
-#      float32. A variant that wins becomes the default;
-#   3. the GPU tests but the compiled ones (CUDA graphs == eager, graphed codec chunk decode == eager, `auto` ==
-#      eager, the sort-free filter == the sort, graphs per attention span == eager; 10 passed in session 17);
-#   4. the other compiled GPU tests (compile + graphs == eager with the defaults, graphs per span compiled; both
-#      passed in session 17, ~90 s each);
-#   4b. the server on the GPU for the first time: bench/server_load.py on a 0.6b random checkpoint (made there,
+#      streams' talker products too; session 17's 8 streams kept cuBLAS and gained nothing); B = 1 and 8, TTFA
+#      and x real time over 48 frames (medians of 3 streams) and 240. In bfloat16 on random weights any kernel
+#      change flips near-tie greedy picks, so `codes_match_first` says nothing there; the tests check float32. A
+#      variant that wins becomes the default;
+#   3. the server on the GPU for the first time: bench/server_load.py on a 0.6b random checkpoint (made there,
 #      ~20 s), `--accel auto` (graphs without compilation: a warm-up of seconds), bfloat16, 1, 8 and 32 concurrent
 #      streaming requests of 48 frames against the same requests one at a time: audio seconds per wall second,
 #      TTFA p50 / p95 under load, and every request's PCM against its sequential run (server wheels: .gpu/srv);
-#   5. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between;
-#   6. int8 weights with the row products, 1 and 8 streams (session 17: 4.37 ms for one stream, 16.9x real time);
-#   7. inductor's GEMM autotuning (`autotune`, `accel.CUDA_COMPILE_OPTIONS`): slow to build, so late;
-#   8. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds);
-#   9. the same frame at the `tiny-deep` shape (tiny widths, the 0.6b's layer counts: the 0.6b's kernels with
+#   4. scripts/gpu_profile.py: the kernels of one compiled, graphed frame by kind, and the idle time between (with
+#      the row products for the first time);
+#   5. the same frame at the `tiny-deep` shape (tiny widths, the 0.6b's layer counts: the 0.6b's kernels with
 #      almost no arithmetic), compiled + graphed and graphed only: how much of the 0.6b's graphed frame is the
 #      kernels' count rather than their work; then with the talker's blocks 7 to a compiled call
 #      (`seven-block-regions`, `accel.TALKER_REGION_BLOCKS`; the CPU default since session 15): fewer kernels if
 #      inductor fuses across the block boundaries; and with the frame regions compiled for static shapes
 #      (`static-regions`, `accel.STATIC_REGIONS`). Session 17's run of it timed empty steps (its sampled streams
 #      ended early; bench/frame_speed.py now retries other seeds and reports `streams_ended`);
-#  10. `C` at the 1.7b shape (talker 2048 wide; never measured on a GPU), 1 and 8 streams.
-# Steps 0-2 fill most of one call (~9.6 min); a second call takes the rest: GPU_CHECK_ONLY="gpu_tests
-# gpu_test_compiled server_load profile frame_speed_int8 frame_speed_autotune attention frame_speed_deep
-# frame_speed_1.7b" (whatever the first left). The machine is given back 30 s after a call ends: start the second
-# call at once.
+#   6. int8 weights with the row products, 1 and 8 streams (session 17: 4.37 ms for one stream, 16.9x real time);
+#   7. `C` at the 1.7b shape (talker 2048 wide; never measured on a GPU), 1 and 8 streams;
+#   8. the GPU tests but the compiled ones (CUDA graphs == eager, graphed codec chunk decode == eager, `auto` ==
+#      eager, the sort-free filter == the sort, graphs per attention span == eager; 10 passed in session 17);
+#   9. the other compiled GPU tests (compile + graphs == eager with the defaults, graphs per span compiled; both
+#      passed in session 17, ~90 s each);
+#  10. inductor's GEMM autotuning (`autotune`, `accel.CUDA_COMPILE_OPTIONS`): slow to build, so last but one;
+#  11. which SDPA kernel serves masked grouped-head attention (scripts/gpu_attention.py, a few seconds; session
+#      17: the GQA call, as in session 10).
 # Sessions 9-10 measured the rest (BENCHMARKS.md): eager ~150 ms per frame; `auto` (graphs, fused, codec stream,
 # GQA call) 8.8 ms for 1 stream, 10.4 for 8, 11.5 for 32; the attention and filter variants.
 # The suite against the official package on a GPU (session 6's run, BENCHMARKS.md):
@@ -56,7 +59,7 @@
 #   checkpoints/0.6b-custom_voice), then PYTHONPATH="$PWD:/tmp/off:/tmp/site" python3 bench/suite.py --device cuda
 #   --shapes 0.6b --dtypes bfloat16 --accels eager,cuda-graphs --batches 1,8 --frames 24 --out-dir "$OUT".
 # A rerun can take some steps only: GPU_CHECK_ONLY="smoke frame_speed_compiled" (step names, below),
-# GPU_TESTS_K (pytest -k of the gpu_tests step), GPU_SPEED_MODES (step 2's modes), GPU_PROFILE_MODE (step 5's).
+# GPU_TESTS_K (pytest -k of the gpu_tests step), GPU_SPEED_MODES (step 2's modes), GPU_PROFILE_MODE (step 4's).
 set -uo pipefail
 OUT=${OUT:-/tmp/qtts-gpu}
 export OUT
@@ -103,24 +106,24 @@ step gpu_test_rows 220 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -
 step frame_speed_compiled 300 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
     --max-frames 2048 --modes "${GPU_SPEED_MODES:-$C,$C+talker-matmul,$C+rows-to-8}" --long 240 \
     --out "$OUT/frame_speed_compiled.json"
-step gpu_tests 110 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
-    tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
-step gpu_test_compiled 180 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
-    tests/test_accel.py -k "compiled and not row_products"
 step server_load 170 bash -c 'python3 -m qtts.cli make-checkpoint --shape 0.6b --kind custom_voice --seed 1 \
     --out /tmp/ck-0.6b --tokenizer .gpu/shared/data/qwen-text-tokenizer && PYTHONPATH="/tmp/srv:$PYTHONPATH" \
     python3 bench/server_load.py --checkpoint /tmp/ck-0.6b --device cuda --dtype bfloat16 --accel auto \
     --concurrency 1 8 32 --frames 48 --repeats 1 --out "$OUT/server_load.json"'
 step profile 80 python3 scripts/gpu_profile.py --shape 0.6b --max-frames 2048 --mode "${GPU_PROFILE_MODE:-$C}"
-step frame_speed_int8 100 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --quantize int8 --batches 1,8 \
-    --frames 48 --max-frames 2048 --modes "$C" --long 240 --out "$OUT/frame_speed_int8.json"
-step frame_speed_autotune 120 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1 --frames 48 \
-    --max-frames 2048 --modes "$C+autotune" --long 240 --out "$OUT/frame_speed_autotune.json"
-step attention 30 python3 scripts/gpu_attention.py
 step frame_speed_deep 150 python3 bench/frame_speed.py --shape tiny-deep --dtype bfloat16 --batches 1,8 --frames 48 \
     --max-frames 2048 --modes "$C,graphs+fused+codec-stream,$C+seven-block-regions,$C+static-regions" \
     --out "$OUT/frame_speed_deep.json"
+step frame_speed_int8 100 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --quantize int8 --batches 1,8 \
+    --frames 48 --max-frames 2048 --modes "$C" --long 240 --out "$OUT/frame_speed_int8.json"
 step frame_speed_1.7b 120 python3 bench/frame_speed.py --shape 1.7b --dtype bfloat16 --batches 1,8 --frames 48 \
     --max-frames 2048 --modes "$C" --long 240 --out "$OUT/frame_speed_1.7b.json"
+step gpu_tests 110 python3 -m pytest -q -rs -p no:cacheprovider --tb=short -m gpu tests/test_codec_decoder.py \
+    tests/test_accel.py tests/test_fuse.py -k "${GPU_TESTS_K:-not compiled}"
+step gpu_test_compiled 180 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
+    tests/test_accel.py -k "compiled and not row_products"
+step frame_speed_autotune 120 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1 --frames 48 \
+    --max-frames 2048 --modes "$C+autotune" --long 240 --out "$OUT/frame_speed_autotune.json"
+step attention 30 python3 scripts/gpu_attention.py
 echo "done at +$(( $(date +%s) - START ))s" | tee -a "$LOG"
 grep -E "^== |ms/frame|passed|failed|error|Error|x_realtime" "$LOG" | tail -n 60
