@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The device check for a session lent a GPU: one call, at most ~9.8 minutes, everything written under $OUT.
+# The device check for a session lent a GPU: two calls on one warm machine, everything written under $OUT.
 # (A session has 15 minutes of device time in all; a machine starts in ~30 s. Give it back right after.)
 #
-#   run(command="bash scripts/gpu_check.sh", carry=[".gpu"], timeout_s=600)
+#   run(command="GPU_CHECK_SECONDS=575 bash scripts/gpu_check.sh", carry=[".gpu"], timeout_s=600)
+#   run(command="GPU_CHECK_SECONDS=<what is left, less ~20 s> GPU_CHECK_ONLY='...' bash scripts/gpu_check.sh", ...)
 #
 # The device image has torch / numpy / tokenizers / safetensors but not soundfile, cffi, soxr, and no network.
 # Prepare `.gpu/` here first (git-ignored through .git/info/exclude; `bash scripts/gpu_prepare.sh`):
