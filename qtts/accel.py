@@ -411,8 +411,8 @@ def _paused(view: FrameState) -> Iterator[None]:
 
 
 class StaticFrameStep(FrameStep):
-    """Fixed shapes: whole-cache attention, batch-size buckets, preallocated state; optionally compiled and/or
-    CUDA-graphed."""
+    """Fixed shapes: attention over a few span sizes (``span``), batch-size buckets, preallocated state; optionally
+    compiled and/or CUDA-graphed."""
 
     static = True
 
