@@ -233,14 +233,18 @@ def machine_info(args: argparse.Namespace) -> dict:
                                 text=True, check=False).stdout.strip()
     except OSError:
         commit = ""
-    return {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), "cpu": cpu,
+    info = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), "cpu": cpu,
             "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "commit": commit, "loadavg_start": list(os.getloadavg())}
+    if str(args.device).startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+    return info
 
 
 def print_table(result: dict) -> None:
     cfg, m = result["config"], result["machine"]
-    print(f"\n{cfg['checkpoint']}  {cfg['dtype']} {cfg['device']}  torch threads {m['torch_threads']}  "
+    gpu = f" ({m['gpu']}, peak {m['gpu_peak_allocated_gb']} GB)" if "gpu" in m else ""
+    print(f"\n{cfg['checkpoint']}  {cfg['dtype']} {cfg['device']}{gpu}  torch threads {m['torch_threads']}  "
           f"{cfg['frames']} frames/request  max_batch {cfg['max_batch']}  load avg {m['loadavg_start'][0]:.2f}"
           f" -> {m['loadavg_end'][0]:.2f}")
     head = ("| streams | requests | audio s / wall s (conc) | (seq) | speedup | TTFA p50 conc | TTFA p95 conc "
@@ -272,8 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
         state = app.state.qtts
         sample_rate = state.tts.sample_rate
         voice = args.voice if args.voice in state.tts.speakers else state.tts.speakers[0]
-        print(f"server up in {time.perf_counter() - t_load:.1f} s on {url} ({state.model_name}, voice {voice})",
-              flush=True)
+        up_s = time.perf_counter() - t_load  # load, warm-up (compilation, graph captures) and start
+        print(f"server up in {up_s:.1f} s on {url} ({state.model_name}, voice {voice})", flush=True)
         excluded = set(args.exclude_seeds)
         seeds = [s for s in range(top + len(excluded)) if s not in excluded][:top]
         bodies = [request_body(i, seed, args.frames, voice) for i, seed in enumerate(seeds)]
@@ -294,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
                       f"(load {conc[c][-1]['loadavg_1m_end']:.2f})", flush=True)
         engine_stats = state.engine.stats()
     info["loadavg_end"] = list(os.getloadavg())
+    if "gpu" in info:  # the server's whole run: weights, caches, graphs, codec
+        info["gpu_peak_allocated_gb"] = round(torch.cuda.max_memory_allocated(torch.device(args.device)) / 1e9, 2)
     result_levels = {}
     for c in levels:
         s = summarize([sequential_subset(ph, c) for ph in seq], sample_rate, sequential=True)
@@ -311,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {**{k: v for k, v in vars(args).items() if k != "out"}, "max_batch": top,
                    "sample_rate": sample_rate, "voice": voice},
         "levels": result_levels, "checks": check_audio(seq, conc), "engine_stats": engine_stats,
+        "server_up_s": round(up_s, 1),
     }
     print_table(result)
     for phases in raw.values():
