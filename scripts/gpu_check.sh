@@ -28,8 +28,7 @@
 #      real time over 48 frames (medians of 3 streams) and 240:
 #      - `dynamic-graph-spans` (`accel.GRAPH_SPAN_DYNAMIC`): the graphed blocks compiled for a dynamic span from
 #        the first capture, one compilation fewer per engine. Run right after `C`, it replays `C`'s dynamic
-#        kernels where `C` replays static ones (one stream, 256 slots), at no compile cost: if as fast, default
-#        (its parity test: `test_graphed_span_buckets_on_cuda_equal_eager[compiled-dynamic]`, step 9);
+#        kernels where `C` replays static ones (one stream, 256 slots), at no compile cost: if as fast, default;
 #      - `talker-matmul`: the talker's attention as plain products (over the 256-512 slots of a span bucket
 #        Triton's fused products may beat cuDNN's call);
 #      - `rows-to-8` (`gemv.CUDA_MAX_ROWS = 8`): 8 streams' talker products as row reductions too (session 17's 8
