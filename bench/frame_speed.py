@@ -24,10 +24,9 @@ sort-filter (how compiled sampling filters), row-products / linear-products (how
 two rows), rows-to-8 / rows-to-2 (up to how many rows the row products take: ``gemv.CUDA_MAX_ROWS``), autotune
 (inductor's max_autotune_gemm), span-buckets / whole-cache (how many cache slots graphed talker attention reads:
 ``accel.GRAPH_SPANS``), seven-block-regions / one-block-regions (talker blocks per
-compiled call in frames: ``accel.TALKER_REGION_BLOCKS``), static-regions / dynamic-regions (frame regions
-compiled for static shapes or left to dynamo's automatic dynamic shapes: ``accel.STATIC_REGIONS``) and
-dynamic-graph-spans / static-graph-spans (graphed talker blocks compiled for a dynamic span from the first capture:
-``accel.GRAPH_SPAN_DYNAMIC``); a mode without a variant part takes the library's default).
+compiled call in frames: ``accel.TALKER_REGION_BLOCKS``) and static-regions / dynamic-regions (frame regions
+compiled for static shapes or left to dynamo's automatic dynamic shapes: ``accel.STATIC_REGIONS``); a mode without a
+variant part takes the library's default).
 Absolute times only mean something on a GPU; on CPU compare modes within one run.
 """
 
@@ -66,14 +65,12 @@ VARIANTS = {
     "span-buckets": ("spans", "buckets"), "whole-cache": ("spans", "whole"),
     "seven-block-regions": ("region_blocks", 7), "one-block-regions": ("region_blocks", 1),
     "static-regions": ("static_regions", True), "dynamic-regions": ("static_regions", False),
-    "dynamic-graph-spans": ("graph_span_dynamic", True), "static-graph-spans": ("graph_span_dynamic", False),
 }
 DEFAULTS = {"predictor": accel.CUDA_ATTENTION["predictor"], "talker": accel.CUDA_ATTENTION["talker"],
             "stack": layers.STACK_GROUPED_HEADS, "filter": sampling.CUDA_FILTER, "products": accel.CUDA_PRODUCTS,
             "options": dict(accel.CUDA_COMPILE_OPTIONS), "spans": accel.GRAPH_SPANS,
             "cuda_max_rows": gemv.CUDA_MAX_ROWS,
-            "region_blocks": accel.TALKER_REGION_BLOCKS["cuda"], "static_regions": accel.STATIC_REGIONS["cuda"],
-            "graph_span_dynamic": accel.GRAPH_SPAN_DYNAMIC}
+            "region_blocks": accel.TALKER_REGION_BLOCKS["cuda"], "static_regions": accel.STATIC_REGIONS["cuda"]}
 
 
 def mode_options(mode: str, device: torch.device, max_frames: int = 512) -> AccelOptions:
@@ -97,7 +94,6 @@ def use_variants(mode: str) -> None:
     accel.GRAPH_SPANS = choice["spans"]
     accel.TALKER_REGION_BLOCKS["cuda"] = choice["region_blocks"]
     accel.STATIC_REGIONS["cuda"] = choice["static_regions"]
-    accel.GRAPH_SPAN_DYNAMIC = choice["graph_span_dynamic"]
 
 
 def _sync(device: torch.device) -> None:

@@ -216,20 +216,6 @@ TALKER_REGION_BLOCKS: dict[str, int] = {"cpu": 7, "cuda": 1}
 # beat dynamic ones: ``bench/frame_speed.py`` mode part ``static-regions``. Read when a compiled frame step is made.
 STATIC_REGIONS: dict[str, bool] = {"cpu": False, "cuda": False}
 
-# Compiled + graphed frames: the talker blocks' attention span dynamic from the first capture (True), or left to
-# dynamo (False): then the first capture (span ``GRAPH_SPAN_MIN``, one stream) compiles the blocks for that span
-# alone, and the next span compiles them again, dynamic in it (one compilation more per engine, and only the
-# one-stream bucket's shortest span replays the static kernels). Off until an A/B on a GPU shows the dynamic
-# kernels as fast at the shortest span (``bench/frame_speed.py`` mode part ``dynamic-graph-spans``). Read when a
-# compiled frame step is made.
-GRAPH_SPAN_DYNAMIC = False
-
-
-def dynamic_span(options: AccelOptions) -> bool:
-    """Whether a compiled frame step's talker blocks take the attention span as dynamic from their first graph:
-    always without CUDA graphs (the span grows with the streams), with graphs as ``GRAPH_SPAN_DYNAMIC`` says."""
-    return not options.cuda_graphs or GRAPH_SPAN_DYNAMIC
-
 
 def region_blocks(device_type: str) -> int:
     """Talker blocks per compiled region in frame steps on a device type (``TALKER_REGION_BLOCKS``; others: 1)."""
@@ -261,8 +247,8 @@ class BlockRegions:
     * ``dynamic_span``: a frame's attention span (the mask's last dimension, the cache slots attention reads) is
       dynamic from the first frame, so one graph serves every span (without it dynamo builds a static graph for
       the first span and a dynamic one when the span first changes: the blocks compiled twice per batch bucket).
-      For frame steps compiled without CUDA graphs, whose spans grow with the streams (under graphs, whose spans
-      are a few fixed sizes, as ``GRAPH_SPAN_DYNAMIC`` says: ``dynamic_span``)."""
+      For frame steps compiled without CUDA graphs, whose spans grow with the streams; under graphs the spans are
+      a few fixed sizes, each its own static graph."""
 
     def __init__(self, decoder: torch.nn.Module, size: int, backend: str, options: dict | None,
                  dynamic_span: bool = False, static: bool = False) -> None:
@@ -436,7 +422,7 @@ class StaticFrameStep(FrameStep):
         if options.cuda_graphs and device.type != "cuda":
             raise InputError(f"CUDA graphs need a CUDA device; the model is on {device.type}")
         self.options = options
-        kernels = (compile_regions(talker, options.compile_backend, dynamic_span=dynamic_span(options))
+        kernels = (compile_regions(talker, options.compile_backend, dynamic_span=not options.cuda_graphs)
                    if options.compile else STATIC)
         if options.cuda_graphs:
             kernels = dataclasses.replace(kernels, greedy_shortcut=False)

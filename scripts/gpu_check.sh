@@ -24,17 +24,13 @@
 #      if they fail, set `CUDA_PRODUCTS` back to "linear");
 #   2. bench/frame_speed.py at the 0.6b shape, bfloat16, 2048 cache slots per stream: `C` (compile + CUDA graphs +
 #      fused + codec stream with the library's defaults: graphs per attention span and row products since session
-#      17, 4.51 ms per frame, 16.6x real time over 19 s of audio) against three variants, B = 1 and 8, TTFA and x
-#      real time over 48 frames (medians of 3 streams) and 240:
-#      - `dynamic-graph-spans` (`accel.GRAPH_SPAN_DYNAMIC`): the graphed blocks compiled for a dynamic span from
-#        the first capture, one compilation fewer per engine. Run right after `C`, it replays `C`'s dynamic
-#        kernels where `C` replays static ones (one stream, 256 slots), at no compile cost: if as fast, default;
-#      - `talker-matmul`: the talker's attention as plain products (over the 256-512 slots of a span bucket
-#        Triton's fused products may beat cuDNN's call);
-#      - `rows-to-8` (`gemv.CUDA_MAX_ROWS = 8`): 8 streams' talker products as row reductions too (session 17's 8
-#        streams kept cuBLAS and gained nothing).
-#      In bfloat16 on random weights any kernel change flips near-tie greedy picks, so `codes_match_first` says
-#      nothing there; the tests check float32. A variant that wins becomes the default;
+#      17, 4.51 ms per frame, 16.6x real time over 19 s of audio) against `C` with the talker's attention as plain
+#      products (`talker-matmul`: over the 256-512 slots of a span bucket Triton's fused products may beat
+#      cuDNN's call), and against `C` with row products up to 8 rows (`rows-to-8`, `gemv.CUDA_MAX_ROWS = 8`: 8
+#      streams' talker products too; session 17's 8 streams kept cuBLAS and gained nothing); B = 1 and 8, TTFA
+#      and x real time over 48 frames (medians of 3 streams) and 240. In bfloat16 on random weights any kernel
+#      change flips near-tie greedy picks, so `codes_match_first` says nothing there; the tests check float32. A
+#      variant that wins becomes the default;
 #   3. the server on the GPU for the first time: bench/server_load.py on a 0.6b random checkpoint (made there,
 #      ~20 s), `--accel auto` (graphs without compilation: a warm-up of seconds), bfloat16, 1, 8 and 32 concurrent
 #      streaming requests of 48 frames against the same requests one at a time: audio seconds per wall second,
@@ -109,7 +105,7 @@ C=compile+graphs+fused+codec-stream  # the fastest set (the library's defaults i
 step gpu_test_rows 220 python3 -m pytest -q -rs -p no:cacheprovider --tb=short --durations=4 -m gpu \
     tests/test_accel.py -k row_products
 step frame_speed_compiled 300 python3 bench/frame_speed.py --shape 0.6b --dtype bfloat16 --batches 1,8 --frames 48 \
-    --max-frames 2048 --modes "${GPU_SPEED_MODES:-$C,$C+dynamic-graph-spans,$C+talker-matmul,$C+rows-to-8}" --long 240 \
+    --max-frames 2048 --modes "${GPU_SPEED_MODES:-$C,$C+talker-matmul,$C+rows-to-8}" --long 240 \
     --out "$OUT/frame_speed_compiled.json"
 step server_load 170 bash -c 'python3 -m qtts.cli make-checkpoint --shape 0.6b --kind custom_voice --seed 1 \
     --out /tmp/ck-0.6b --tokenizer .gpu/shared/data/qwen-text-tokenizer && PYTHONPATH="/tmp/srv:$PYTHONPATH" \

@@ -889,26 +889,6 @@ def test_graph_spans(monkeypatch):
         accel.graph_spans(64)
 
 
-def test_dynamic_span_per_options(tiny_checkpoints, monkeypatch):
-    """A compiled frame step's talker blocks take the span as dynamic from their first graph without CUDA graphs
-    (the span grows with the streams), and under graphs only with ``GRAPH_SPAN_DYNAMIC``; ``StaticFrameStep``
-    hands that to ``compile_regions``."""
-    from qtts import accel
-
-    assert not accel.GRAPH_SPAN_DYNAMIC
-    assert accel.dynamic_span(accel.AccelOptions(compile=True))
-    assert not accel.dynamic_span(accel.AccelOptions(compile=True, cuda_graphs=True))
-    monkeypatch.setattr(accel, "GRAPH_SPAN_DYNAMIC", True)
-    assert accel.dynamic_span(accel.AccelOptions(compile=True, cuda_graphs=True))
-    seen = []
-    monkeypatch.setattr(accel, "compile_regions", lambda talker, backend, dynamic_span: seen.append(dynamic_span)
-                        or accel.STATIC)
-    monkeypatch.setattr(accel, "dynamic_span", lambda options: "marker")
-    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
-    accel.StaticFrameStep(tts.model.talker, accel.AccelOptions(compile=True))
-    assert seen == ["marker"]
-
-
 def test_graphed_span_buckets_capture_once_and_equal_eager(tiny_checkpoints, monkeypatch):
     """With ``GRAPH_SPANS = "buckets"`` a graphed step captures every span of a batch bucket on the bucket's first
     frame (none mid-stream) and replays the span covering the slots in use: eager's codes. A CPU stands in for the

@@ -198,7 +198,6 @@ def test_frame_speed_runs_modes_with_variant_parts(tmp_path, monkeypatch, keep_t
     for name in ("GRAPH_SPANS", "CUDA_PRODUCTS", "CUDA_COMPILE_OPTIONS"):
         monkeypatch.setattr(accel, name, getattr(accel, name))
     monkeypatch.setattr(gemv, "CUDA_MAX_ROWS", gemv.CUDA_MAX_ROWS)
-    monkeypatch.setattr(accel, "GRAPH_SPAN_DYNAMIC", accel.GRAPH_SPAN_DYNAMIC)
     monkeypatch.setattr(accel, "CUDA_ATTENTION", dict(accel.CUDA_ATTENTION))  # updated in place by the benchmark
     monkeypatch.setattr(accel, "TALKER_REGION_BLOCKS", dict(accel.TALKER_REGION_BLOCKS))  # likewise
     monkeypatch.setattr(accel, "STATIC_REGIONS", dict(accel.STATIC_REGIONS))  # likewise
@@ -215,12 +214,11 @@ def test_frame_speed_runs_modes_with_variant_parts(tmp_path, monkeypatch, keep_t
         "whole", "linear", {"max_autotune_gemm": True})
     assert accel.TALKER_REGION_BLOCKS["cuda"] == 7 and accel.TALKER_REGION_BLOCKS["cpu"] == cpu_blocks
     assert {**static_regions, "cuda": True} == accel.STATIC_REGIONS
-    module.use_variants("eager+span-buckets+row-products+rows-to-8+dynamic-graph-spans")
+    module.use_variants("eager+span-buckets+row-products+rows-to-8")
     assert (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS, gemv.CUDA_MAX_ROWS) == ("buckets", "rows", 8)
-    assert accel.GRAPH_SPAN_DYNAMIC
     module.use_variants("eager")
     assert (accel.GRAPH_SPANS, accel.CUDA_PRODUCTS, dict(accel.CUDA_COMPILE_OPTIONS)) == defaults
-    assert gemv.CUDA_MAX_ROWS == 2 and not accel.GRAPH_SPAN_DYNAMIC
+    assert gemv.CUDA_MAX_ROWS == 2
     assert {"cpu": cpu_blocks, "cuda": cuda_blocks} == accel.TALKER_REGION_BLOCKS
     assert static_regions == accel.STATIC_REGIONS
 
