@@ -247,8 +247,10 @@ class BlockRegions:
     * ``dynamic_span``: a frame's attention span (the mask's last dimension, the cache slots attention reads) is
       dynamic from the first frame, so one graph serves every span (without it dynamo builds a static graph for
       the first span and a dynamic one when the span first changes: the blocks compiled twice per batch bucket).
-      For frame steps compiled without CUDA graphs, whose spans grow with the streams; under graphs the spans are
-      a few fixed sizes, each its own static graph."""
+      For frame steps compiled without CUDA graphs, whose spans grow with the streams. Under graphs (a few fixed
+      spans) it is not marked: with one block per call (CUDA's default) the frames' graph is dynamic in the span
+      from the first frame anyway, since the prefill's graph of the same block code saw another size there
+      (dynamo's automatic dynamic shapes; tested); runs of several blocks get a static graph for the first span."""
 
     def __init__(self, decoder: torch.nn.Module, size: int, backend: str, options: dict | None,
                  dynamic_span: bool = False, static: bool = False) -> None:

@@ -889,6 +889,64 @@ def test_graph_spans(monkeypatch):
         accel.graph_spans(64)
 
 
+def test_graphed_compiled_blocks_take_the_span_as_dynamic_from_the_first_frame(tiny_checkpoints, monkeypatch):
+    """Compiled + graphed frames over span buckets with the talker blocks one per region (CUDA's default): the
+    blocks are compiled once for the prefill (its length dynamic) and once for frames, and that frame graph serves
+    every span. ``compile_regions`` does not mark the span under graphs; dynamo makes it dynamic anyway, because
+    the prefill's graph of the same block code saw another size there (automatic dynamic shapes), so marking it
+    would save no compilation on CUDA (session 17 dropped a setting that did, after this test). A CPU stands in
+    for the GPU: each "graph" reruns the compiled static step at its span (the real capture runs in the GPU tests).
+    Eager's codes."""
+    import dataclasses
+
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from qtts import accel, api
+
+    tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
+    options = SynthesisOptions(max_new_tokens=40)
+    expected = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=options).codes
+    monkeypatch.setattr(accel, "GRAPH_SPANS", "buckets")
+    monkeypatch.setattr(accel, "GRAPH_SPAN_MIN", 8)
+    monkeypatch.setitem(accel.TALKER_REGION_BLOCKS, "cpu", 1)
+    replayed, marks = [], []
+
+    def capture(step, state, rows, span, key):
+        view = state.head(rows)
+        out = torch.zeros(rows, state.groups + 1, dtype=torch.long)
+
+        class Graph:
+            def replay(self) -> None:
+                replayed.append(span)
+                out.copy_(step.fn(step.talker, view, span))
+
+        return Graph(), out, key
+
+    compile_regions = accel.compile_regions
+
+    def as_graphed(talker, backend, dynamic_span):  # what a graphed step passes
+        marks.append(dynamic_span)
+        return compile_regions(talker, backend, dynamic_span=False)
+
+    def graphed(talker, options):  # built as a compiled step, then run with stand-in graphs
+        step = accel.StaticFrameStep(talker, options)
+        step.options = dataclasses.replace(step.options, cuda_graphs=True)
+        return step
+
+    call = accel.StaticFrameStep.__call__
+    monkeypatch.setattr(accel, "compile_regions", as_graphed)
+    monkeypatch.setattr(accel.StaticFrameStep, "_capture", capture)
+    monkeypatch.setattr(accel.StaticFrameStep, "__call__", lambda *a: call(*a).clone())
+    monkeypatch.setattr(api, "make_frame_step", graphed)
+    torch._dynamo.reset()
+    tts.accelerate(compile=True, compile_backend="eager", max_frames=64)
+    got = tts.synthesize(TEXTS[0], voice=Speaker("ryan"), seed=0, options=options).codes
+    assert torch.equal(got, expected) and marks
+    assert len(set(replayed)) >= 2  # the stream crossed into a longer span
+    block = type(tts.model.talker.model.layers[0])
+    assert len(_debug_get_cache_entry_list(block.forward.__code__)) == 2  # the prefill's and the frames'
+
+
 def test_graphed_span_buckets_capture_once_and_equal_eager(tiny_checkpoints, monkeypatch):
     """With ``GRAPH_SPANS = "buckets"`` a graphed step captures every span of a batch bucket on the bucket's first
     frame (none mid-stream) and replays the span covering the slots in use: eager's codes. A CPU stands in for the
