@@ -889,6 +889,32 @@ def test_graph_spans(monkeypatch):
         accel.graph_spans(64)
 
 
+def _stand_in_graphs(monkeypatch, replayed: list[int], captured: list[tuple[int, int]] | None = None) -> None:
+    """CUDA graphs stood in for on a CPU: ``StaticFrameStep._capture`` records ``(rows, span)`` in ``captured``
+    and returns a "graph" whose replay reruns the step at its span (recorded in ``replayed``) into its own output
+    buffer; a step's call returns a copy of that buffer, as a CUDA runner copies it to the host (on a CPU ``.cpu()``
+    would hand the runner the buffer itself, overwritten by the next replay). The real capture runs in the GPU
+    tests."""
+    from qtts import accel
+
+    def capture(step, state, rows, span, key):
+        if captured is not None:
+            captured.append((rows, span))
+        view = state.head(rows)
+        out = torch.zeros(rows, state.groups + 1, dtype=torch.long)
+
+        class Graph:
+            def replay(self) -> None:
+                replayed.append(span)
+                out.copy_(step.fn(step.talker, view, span))
+
+        return Graph(), out, key
+
+    call = accel.StaticFrameStep.__call__
+    monkeypatch.setattr(accel.StaticFrameStep, "_capture", capture)
+    monkeypatch.setattr(accel.StaticFrameStep, "__call__", lambda *a: call(*a).clone())
+
+
 def test_graphed_compiled_blocks_take_the_span_as_dynamic_from_the_first_frame(tiny_checkpoints, monkeypatch):
     """Compiled + graphed frames over span buckets with the talker blocks one per region (CUDA's default): the
     blocks are compiled once for the prefill (its length dynamic) and once for frames, and that frame graph serves
@@ -910,18 +936,6 @@ def test_graphed_compiled_blocks_take_the_span_as_dynamic_from_the_first_frame(t
     monkeypatch.setattr(accel, "GRAPH_SPAN_MIN", 8)
     monkeypatch.setitem(accel.TALKER_REGION_BLOCKS, "cpu", 1)
     replayed, marks = [], []
-
-    def capture(step, state, rows, span, key):
-        view = state.head(rows)
-        out = torch.zeros(rows, state.groups + 1, dtype=torch.long)
-
-        class Graph:
-            def replay(self) -> None:
-                replayed.append(span)
-                out.copy_(step.fn(step.talker, view, span))
-
-        return Graph(), out, key
-
     compile_regions = accel.compile_regions
 
     def as_graphed(talker, backend, dynamic_span):  # what a graphed step passes
@@ -933,10 +947,8 @@ def test_graphed_compiled_blocks_take_the_span_as_dynamic_from_the_first_frame(t
         step.options = dataclasses.replace(step.options, cuda_graphs=True)
         return step
 
-    call = accel.StaticFrameStep.__call__
     monkeypatch.setattr(accel, "compile_regions", as_graphed)
-    monkeypatch.setattr(accel.StaticFrameStep, "_capture", capture)
-    monkeypatch.setattr(accel.StaticFrameStep, "__call__", lambda *a: call(*a).clone())
+    _stand_in_graphs(monkeypatch, replayed)
     monkeypatch.setattr(api, "make_frame_step", graphed)
     torch._dynamo.reset()
     tts.accelerate(compile=True, compile_backend="eager", max_frames=64)
@@ -961,28 +973,12 @@ def test_graphed_span_buckets_capture_once_and_equal_eager(tiny_checkpoints, mon
     monkeypatch.setattr(accel, "GRAPH_SPAN_MIN", 8)
     captured, replayed = [], []
 
-    def capture(step, state, rows, span, key):
-        captured.append((rows, span))
-        view = state.head(rows)
-        out = torch.zeros(rows, state.groups + 1, dtype=torch.long)
-
-        class Graph:
-            def replay(self) -> None:
-                replayed.append(span)
-                out.copy_(step.fn(step.talker, view, span))
-
-        return Graph(), out, key
-
     def graphed(talker, options):
         step = accel.StaticFrameStep(talker, dataclasses.replace(options, compile=False))
         step.options = dataclasses.replace(step.options, cuda_graphs=True)
         return step
 
-    call = accel.StaticFrameStep.__call__
-    monkeypatch.setattr(accel.StaticFrameStep, "_capture", capture)
-    # A graph's output lives in its own buffer, which a CUDA runner copies to the host; on a CPU ``.cpu()`` would
-    # hand the runner that buffer itself, overwritten by the next replay.
-    monkeypatch.setattr(accel.StaticFrameStep, "__call__", lambda *a: call(*a).clone())
+    _stand_in_graphs(monkeypatch, replayed, captured)
     monkeypatch.setattr(api, "make_frame_step", graphed)
     tts.accel = accel.AccelOptions(max_frames=64)  # below the runner's first allocation: that sets the cache
     _compare(_run(tts, 4), expected, 1e-5)
