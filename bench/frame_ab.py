@@ -14,7 +14,7 @@ at the end.
 A configuration is ``dtype:accel`` (as in ``frame_rounds.py``: dtype float32, bfloat16 or int8; ``accel`` an
 ``--accel`` value with ``+`` for sets), optionally followed by
 - ``@streams=N``: the row kernels' weight streams per loop (``qtts.gemv.STREAMS``) for its weight dtype;
-- ``@fma=off``: its compiled regions without ``qtts.accel.CPU_COMPILE_OPTIONS``'s FMA contraction;
+- ``@fma=off``: its compiled regions without FMA contraction (``qtts.accel.CPU_FMA_OPTIONS``);
 - ``@opt=NAME:VALUE``: an integer or true/false inductor option in its compiled regions, e.g.
   ``@opt=realize_reads_threshold:1``;
 - ``@batch=B``: the step of B live streams instead of one (the report then adds frames per second,
@@ -91,8 +91,8 @@ class Side:
                 else:
                     self.threads = int(value)
             elif key == "fma" and value in ("on", "off"):
-                self.cpu_options = {**self.cpu_options, **accel.CPU_COMPILE_OPTIONS} if value == "on" else {
-                    k: v for k, v in self.cpu_options.items() if k not in accel.CPU_COMPILE_OPTIONS}
+                self.cpu_options = {**self.cpu_options, **accel.CPU_FMA_OPTIONS} if value == "on" else {
+                    k: v for k, v in self.cpu_options.items() if k not in accel.CPU_FMA_OPTIONS}
             elif key == "opt" and ":" in value:
                 name, _, text = value.partition(":")
                 flag = {"true": True, "false": False}.get(text.lower())

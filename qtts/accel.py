@@ -191,7 +191,19 @@ CUDA_COMPILE_OPTIONS: dict[str, object] = {}
 # separate multiplies and adds in the last bits, as the row kernels' already do from torch's ``linear``; rows stay
 # independent at the regions' static shapes (tested; ``qtts.gemv`` 's standalone kernel, compiled for dynamic
 # shapes, keeps the defaults: there contraction parts float32 rows).
-CPU_COMPILE_OPTIONS: dict[str, object] = {"cpp.enable_floating_point_contract_flag": "fast"}
+CPU_FMA_OPTIONS: dict[str, object] = {"cpp.enable_floating_point_contract_flag": "fast"}
+# Inductor's run-time checks in the Python code that calls a compiled graph's kernels, off on CPU: the sizes and
+# strides of the graph's inputs and of every external call's output (~1,500 checks in an 8-stream 0.6b step with
+# packed products), input alignment and symbolic sizes' ranges. Dynamo's guards check the inputs before a graph
+# runs; these checks would catch a lowering bug of inductor's, never a value of ours, and change no value.
+# In-process A/Bs (``bench/frame_ab.py``, 2 threads, session 18): ``tiny-deep`` float32 (``compile,row-kernels,
+# packed,fused``, ``@min-weights=0``) one stream 10.4 -> 9.6 ms, 8 streams 27.7 -> 26.4 ms (every round faster);
+# 0.6b int8 ``compile,row-kernels,packed`` 76.5 -> 75.0 ms (12 rounds, 10 faster). CUDA keeps them: graph replays
+# do not run that Python.
+CPU_HOST_OPTIONS: dict[str, object] = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
+# What compiled regions on CPU take; the sampling functions take ``CPU_HOST_OPTIONS`` only (their values stay
+# eager's bit for bit).
+CPU_COMPILE_OPTIONS: dict[str, object] = {**CPU_FMA_OPTIONS, **CPU_HOST_OPTIONS}
 
 
 # Talker blocks per compiled region in frame steps (one query row per stream), by device type: 1 calls each block's
@@ -354,9 +366,11 @@ def compile_regions(talker: Talker, backend: str, dynamic_span: bool = False) ->
     # least 2: dynamo specialises 0 and 1); the warm-up builds it (``StaticFrameStep._warm_sampling``). CUDA keeps
     # static graphs and sorts (under CUDA graphs, or filtering pairwise, a bound would not be used anyway).
     cpu = device_type == "cpu"
-    return Kernels(sample=torch.compile(sample, backend=backend, dynamic=True if cpu else None),
-                   code0_logits=torch.compile(process_code0_logits, backend=backend),
-                   noise=torch.compile(frame_exponentials, backend=backend), fixed_span=True, top_k_bound=cpu)
+    host = dict(CPU_HOST_OPTIONS) if cpu and backend == "inductor" and CPU_HOST_OPTIONS else None
+    return Kernels(sample=torch.compile(sample, backend=backend, options=host, dynamic=True if cpu else None),
+                   code0_logits=torch.compile(process_code0_logits, backend=backend, options=host),
+                   noise=torch.compile(frame_exponentials, backend=backend, options=host), fixed_span=True,
+                   top_k_bound=cpu)
 
 
 def uncompile_regions(talker: Talker) -> None:

@@ -847,8 +847,8 @@ def test_stream_state_bytes_is_what_a_static_slot_allocates(tiny_checkpoints):
 def test_region_products_and_options_per_device(monkeypatch):
     """Compiled regions on CUDA multiply as ``CUDA_PRODUCTS`` says (by default as row reductions, which an H100
     measured faster than cuBLAS for one row) and take ``CUDA_COMPILE_OPTIONS``; a CPU's products follow
-    ``row_kernels`` alone and its regions take ``CPU_COMPILE_OPTIONS`` (FMA contraction). The row kernel takes one
-    or two CUDA rows, only in compiled code."""
+    ``row_kernels`` alone and its regions take ``CPU_COMPILE_OPTIONS`` (FMA contraction, inductor's host checks
+    off). The row kernel takes one or two CUDA rows, only in compiled code."""
     from qtts import accel
 
     assert accel.CUDA_PRODUCTS == "rows" and accel.CUDA_COMPILE_OPTIONS == {}
@@ -861,11 +861,13 @@ def test_region_products_and_options_per_device(monkeypatch):
     assert [gemv.cuda_rows(r, True) for r in (0, 1, 2, 3, 8)] == [False, True, True, False, False]
     assert not gemv.cuda_rows(1, False)
     fma = {"cpp.enable_floating_point_contract_flag": "fast"}
-    assert accel.region_compile_options("cuda") is None and accel.region_compile_options("cpu") == fma
+    host = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
+    assert (fma, host) == (accel.CPU_FMA_OPTIONS, accel.CPU_HOST_OPTIONS)
+    assert accel.region_compile_options("cuda") is None and accel.region_compile_options("cpu") == {**fma, **host}
     monkeypatch.setattr(accel, "CUDA_COMPILE_OPTIONS", {"max_autotune_gemm": True})
     assert accel.region_compile_options("cuda") == {"max_autotune_gemm": True}
     assert accel.region_compile_options("cuda") is not accel.CUDA_COMPILE_OPTIONS  # a copy for each step
-    assert accel.region_compile_options("cpu") == fma and accel.region_compile_options("mps") is None
+    assert accel.region_compile_options("cpu") == {**fma, **host} and accel.region_compile_options("mps") is None
     monkeypatch.setattr(accel, "CPU_COMPILE_OPTIONS", {})
     assert accel.region_compile_options("cpu") is None
 
@@ -994,25 +996,58 @@ def test_graphed_span_buckets_capture_once_and_equal_eager(tiny_checkpoints, mon
 def test_compile_regions_applies_the_products_and_options(tiny_checkpoints, monkeypatch):
     """``compile_regions`` routes the talker's products through the row kernel when ``region_products`` says
     "rows" (until the next ``set_accel``), and hands the device's inductor options (on this CPU
-    ``CPU_COMPILE_OPTIONS``) to the regions when the backend is inductor."""
+    ``CPU_COMPILE_OPTIONS``) to the regions, and ``CPU_HOST_OPTIONS`` alone to the sampling functions, when the
+    backend is inductor."""
     from qtts import accel
 
     tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
-    seen = []
+    seen, functions = [], {}
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: functions.__setitem__(fn.__name__, kw["options"]) or fn)
     monkeypatch.setattr(accel, "CUDA_COMPILE_OPTIONS", {"max_autotune_gemm": True})
     accel.compile_regions(tts.model.talker, "inductor")
     assert seen and all(kw == {"backend": "inductor", "options": accel.CPU_COMPILE_OPTIONS, "dynamic": None}
                     for kw in seen)
+    assert functions == {"_run_blocks": accel.CPU_COMPILE_OPTIONS, "step": accel.CPU_COMPILE_OPTIONS,
+                         **dict.fromkeys(("sample", "process_code0_logits", "frame_exponentials"),
+                                         accel.CPU_HOST_OPTIONS)}
     seen.clear()
+    functions.clear()
     accel.compile_regions(tts.model.talker, "eager")  # a tracing backend takes no inductor options
     assert seen and all(kw == {"backend": "eager", "options": None, "dynamic": None} for kw in seen)
+    assert len(functions) == 5 and set(functions.values()) == {None}
     assert not gemv.uses_row_kernels(tts.model.talker)
     monkeypatch.setattr(accel, "region_products", lambda device_type: "rows")
     accel.compile_regions(tts.model.talker, "inductor")
     assert gemv.uses_row_kernels(tts.model.talker)
     tts.set_accel(accel.AccelOptions())
     assert not gemv.uses_row_kernels(tts.model.talker)
+
+
+def test_cpu_options_drop_inductors_host_checks_and_keep_the_values():
+    """With the regions' CPU options the Python that calls a compiled graph's kernels checks no sizes, strides or
+    alignment (inductor's defaults check the inputs and every external call's output); the values are those of
+    the defaults' code, and the sampling functions' options give eager's values bit for bit."""
+    from torch._inductor.utils import run_and_get_code
+
+    from qtts import accel
+
+    def f(x, w):
+        return torch.nn.functional.linear(torch.relu(x), w).softmax(-1) * 3
+
+    torch.manual_seed(0)
+    x, w = torch.randn(3, 64), torch.randn(32, 64)
+    outs, code = {}, {}
+    for name, options in (("defaults", None), ("regions", accel.region_compile_options("cpu")),
+                          ("sampling", accel.CPU_HOST_OPTIONS)):
+        torch._dynamo.reset()
+        outs[name], sources = run_and_get_code(torch.compile(f, options=options), x, w)
+        code[name] = "\n".join(sources)
+    assert "assert_size_stride(" in code["defaults"]  # calls (the name is imported in any case)
+    for name in ("regions", "sampling"):
+        assert "assert_size_stride(" not in code[name] and "assert_alignment(" not in code[name]
+    assert torch.equal(outs["sampling"], outs["defaults"])
+    assert torch.allclose(outs["regions"], f(x, w), rtol=1e-5, atol=1e-6)
 
 
 @cuda
