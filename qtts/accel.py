@@ -201,8 +201,8 @@ CPU_FMA_OPTIONS: dict[str, object] = {"cpp.enable_floating_point_contract_flag":
 # 0.6b int8 ``compile,row-kernels,packed`` 76.5 -> 75.0 ms (12 rounds, 10 faster). CUDA keeps them: graph replays
 # do not run that Python.
 CPU_HOST_OPTIONS: dict[str, object] = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
-# What compiled regions on CPU take; the sampling functions take ``CPU_HOST_OPTIONS`` only (their values stay
-# eager's bit for bit).
+# What compiled regions on CPU take; the sampling functions take ``CPU_HOST_OPTIONS`` only (without contraction
+# their values stay those of inductor's default code, bit for bit).
 CPU_COMPILE_OPTIONS: dict[str, object] = {**CPU_FMA_OPTIONS, **CPU_HOST_OPTIONS}
 
 

@@ -1026,8 +1026,9 @@ def test_compile_regions_applies_the_products_and_options(tiny_checkpoints, monk
 
 def test_cpu_options_drop_inductors_host_checks_and_keep_the_values():
     """With the regions' CPU options the Python that calls a compiled graph's kernels checks no sizes, strides or
-    alignment (inductor's defaults check the inputs and every external call's output); the values are those of
-    the defaults' code, and the sampling functions' options give eager's values bit for bit."""
+    alignment (inductor's defaults check the inputs and every external call's output). The sampling functions'
+    options (the checks off, no FMA contraction) give the values of the defaults' code bit for bit; the regions'
+    (with contraction) the same values within float32 rounding."""
     from torch._inductor.utils import run_and_get_code
 
     from qtts import accel
