@@ -14,6 +14,8 @@ at the end.
 A configuration is ``dtype:accel`` (as in ``frame_rounds.py``: dtype float32, bfloat16 or int8; ``accel`` an
 ``--accel`` value with ``+`` for sets), optionally followed by
 - ``@streams=N``: the row kernels' weight streams per loop (``qtts.gemv.STREAMS``) for its weight dtype;
+- ``@routing=intel|other``: which products take the row kernels (``qtts.gemv.MAX_ROWS``, ``MAX_WIDTH``,
+  ``MAX_IN``) as on an Intel CPU or on any other (``qtts.gemv.default_routing``);
 - ``@fma=off``: its compiled regions without FMA contraction (``qtts.accel.CPU_FMA_OPTIONS``);
 - ``@opt=NAME:VALUE``: an integer or true/false inductor option in its compiled regions, e.g.
   ``@opt=realize_reads_threshold:1``;
@@ -67,6 +69,7 @@ class Side:
         dtype, quantize = DTYPES[dtype_name]
         weight = torch.int8 if quantize else dtype  # the linear layers' weight dtype
         self.streams = dict(gemv.STREAMS)
+        self.routing = gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN
         self.batch = 1
         self.threads: int | None = None  # None: the process's (--threads)
         self.min_weights: int | None = None  # None: the library's thresholds
@@ -78,6 +81,8 @@ class Side:
                 if not value.isdigit():
                     raise SystemExit(f"configuration suffix {item!r}: use @min-weights=N with N a whole number >= 0")
                 self.min_weights = int(value)
+            elif key == "routing" and value in ("intel", "other"):
+                self.routing = gemv.default_routing("GenuineIntel" if value == "intel" else "")
             elif key in ("streams", "batch", "threads", "region-blocks"):
                 if not (value.isdigit() and int(value) >= 1):
                     n = "B" if key == "batch" else "N"
@@ -100,8 +105,8 @@ class Side:
                     raise SystemExit(f"configuration suffix {item!r}: the value must be an integer, true or false")
                 self.cpu_options = {**self.cpu_options, name: int(text) if flag is None else flag}
             else:
-                raise SystemExit(f"unknown configuration suffix {item!r} (use @streams=N, @batch=B, @threads=N, "
-                                 "@region-blocks=N, @min-weights=N, @fma=on|off or "
+                raise SystemExit(f"unknown configuration suffix {item!r} (use @streams=N, @routing=intel|other, "
+                                 "@batch=B, @threads=N, @region-blocks=N, @min-weights=N, @fma=on|off or "
                                  "@opt=inductor_option:integer|true|false)")
         self.tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
         with self.active():
@@ -117,6 +122,8 @@ class Side:
         from qtts import accel, gemv, packed, quant
 
         saved = gemv.STREAMS, accel.CPU_COMPILE_OPTIONS, torch.get_num_threads(), dict(accel.TALKER_REGION_BLOCKS)
+        saved_routing = gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN
+        gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN = self.routing
         sizes = gemv.MIN_WEIGHTS, packed.MIN_WEIGHTS, quant.CPU_MIN_INT8PACK_WEIGHTS
         gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = self.streams, self.cpu_options
         accel.TALKER_REGION_BLOCKS["cpu"] = self.region_blocks
@@ -132,6 +139,7 @@ class Side:
             accel.TALKER_REGION_BLOCKS.clear()
             accel.TALKER_REGION_BLOCKS.update(saved[3])
             gemv.MIN_WEIGHTS, packed.MIN_WEIGHTS, quant.CPU_MIN_INT8PACK_WEIGHTS = sizes
+            gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN = saved_routing
 
     def frame_ms(self, frames: int) -> float:
         from suite import runner_rate

@@ -10,6 +10,8 @@ read once). Contenders, in one process:
 
 * ``row kernel`` (weight-only; what ``--accel row-kernels`` runs for int8): ``qtts.gemv`` 's compiled reduction,
   float32 activations, each int8 weight converted to float32 in the loop;
+* ``row kernel, static``: the same reduction compiled for the call's fixed shapes with the compiled regions'
+  options (``qtts.accel.CPU_COMPILE_OPTIONS``), as inductor writes it inside a compiled frame step;
 * ``int8pack`` (weight-only; ``Int8Linear`` 's CPU kernel otherwise): ``torch._weight_int8pack_mm``, bfloat16
   activations;
 * ``int_mm`` (W8A8): activations quantized per row to int8 (symmetric), ``torch._int_mm`` (int8 × int8 → int32,
@@ -48,10 +50,10 @@ from row_kernels import SHAPES  # noqa: E402
 from row_kernels import _time as best_time  # noqa: E402
 from streaming import cpu_model, git_commit  # noqa: E402
 
-from qtts import gemv  # noqa: E402
+from qtts import accel, gemv  # noqa: E402
 from qtts.quant import quantize_weight  # noqa: E402
 
-WEIGHT_ONLY = ("row kernel", "int8pack")
+WEIGHT_ONLY = ("row kernel", "row kernel, static", "int8pack")
 # fbgemm's dynamic product needs an x86 quantized engine (ARM builds have qnnpack only).
 CONTENDERS = (*WEIGHT_ONLY, "int_mm") + (
     ("fbgemm",) if {"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines) else ())
@@ -68,6 +70,7 @@ def products(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, copies: lis
     """Per contender, a callable multiplying ``x [R, K]`` (float32) by every int8 weight in ``copies`` (each
     ``[N, K]``, equal to ``q``, per-output ``scales [N]``) -> a list of ``[R, N]`` float32 products."""
     kernels = gemv._kernels()
+    static = torch.compile(gemv._row_int8, dynamic=False, options=dict(accel.CPU_COMPILE_OPTIONS))
     xb, sb = x.to(torch.bfloat16), scales.to(torch.bfloat16)
     transposed = [c.t() for c in copies]  # [K, N] views: _int_mm's right operand
 
@@ -77,6 +80,7 @@ def products(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, copies: lis
 
     fns = {
         "row kernel": lambda: [kernels.row_int8(x, c, scales) for c in copies],
+        "row kernel, static": lambda: [static(x, c, scales) for c in copies],
         "int8pack": lambda: [torch._weight_int8pack_mm(xb, c, sb).float() for c in copies],
         "int_mm": int_mm,
     }

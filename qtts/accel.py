@@ -45,11 +45,11 @@ from .sampling import frame_exponentials, process_code0_logits, sample
 class AccelOptions:
     """``compile``: ``torch.compile`` the frame step; ``cuda_graphs``: capture it in CUDA graphs (CUDA only);
     ``max_frames``: cache slots preallocated per stream when shapes are static (prompt + generated frames);
-    ``row_kernels``: CPU products of a few activation rows (``qtts.gemv.MAX_ROWS``: 1-2, float32 1-4) as a
-    compiled reduction that reads the weights once (a single stream's frame on CPU; independent of
-    ``compile``); ``fused``: each block's q/k/v and gate/up projections as one product each (4 products per
-    block instead of 7; ``qtts.model.fuse``; fewer kernels for a GPU; on CPU no gain for one stream under
-    ``compile``, 6-8 % faster for 8 streams with ``packed``);
+    ``row_kernels``: CPU products of a few activation rows (``qtts.gemv.MAX_ROWS``: 1-2, float32 1-4, int8 on
+    Intel CPUs 1-8) as a compiled reduction that reads the weights once (a single stream's frame on CPU, and
+    int8 batches there; independent of ``compile``); ``fused``: each block's q/k/v and gate/up projections as
+    one product each (4 products per block instead of 7; ``qtts.model.fuse``; fewer kernels for a GPU; on CPU
+    no gain for one stream under ``compile``, 6-8 % faster for 8 streams with ``packed``);
     ``codec_stream`` (CUDA): chunk decodes on their own CUDA stream, overlapping the next frame step;
     ``packed`` (CPU): linear weights reordered once for oneDNN (``qtts.packed``: bfloat16 bit for bit, float32
     last bits differ; faster products of any row count, a second copy of the weights in memory)."""

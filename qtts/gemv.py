@@ -7,7 +7,9 @@ on one core of the development machine (about 27 GB/s copy bandwidth), for two r
 reads the weights again), and ``torch._weight_int8pack_mm`` is compute-bound. The same product written as an
 element-wise multiply and a row sum with float32 accumulation, compiled by ``torch.compile`` (inductor emits
 one vectorised reduction loop), streams at ~20 GB/s in every dtype and reads the weights once for a few rows
-(``bench/row_kernels.py``). Beyond ``MAX_ROWS`` rows it becomes compute-bound and ``linear`` keeps those.
+(``bench/row_kernels.py``). Beyond ``MAX_ROWS`` rows it becomes compute-bound and ``linear`` keeps those
+(except int8 on Intel CPUs, where the kernel converts each weight once for up to 8 rows and beats
+``torch._weight_int8pack_mm``: see ``MAX_ROWS_BY_VENDOR``).
 
 The kernel sums in a different order than the BLAS ``linear``, so results differ in the last bits (float32:
 ~1e-6 relative) and greedy codes can part from the eager reference at near-ties; the eager path, which
@@ -77,10 +79,18 @@ def default_streams(vendor: str) -> dict[torch.dtype, int]:
 STREAMS = default_streams(cpu_vendor())
 
 
-def _parts(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``w [N, K]`` as float32, on CPU in ``STREAMS[w.dtype]`` parts along N when they divide it (else whole)."""
+# Most accumulators (activation rows x weight streams) one loop keeps: a loop has one vector accumulator per row and
+# stream, and an AVX-512 core has 32 vector registers. ``STREAMS`` parts are cut down to fit: 8 int8 rows on the
+# Intel VM ran 2 streams at 56-70 GMAC/s against 4 streams' 53-67 (``[1024, 3072]`` and ``[3072, 1024]``,
+# BENCHMARKS.md, session 19); one to four rows keep every stream. Each output is the same K-long sum either way.
+ACCUMULATORS = 16
+
+
+def _parts(w: torch.Tensor, rows: int = 1) -> tuple[torch.Tensor, ...]:
+    """``w [N, K]`` as float32, on CPU in ``STREAMS[w.dtype]`` parts along N (at most ``ACCUMULATORS // rows``)
+    when they divide it (else whole)."""
     wf = w.float()
-    n, streams = w.shape[0], STREAMS.get(w.dtype, 1)
+    n, streams = w.shape[0], min(STREAMS.get(w.dtype, 1), max(1, ACCUMULATORS // max(rows, 1)))
     if w.is_cuda or streams < 2 or n % streams:
         return (wf,)
     return wf.split(n // streams)
@@ -88,7 +98,7 @@ def _parts(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 def _sums(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``x [R, K] @ w[N, K]^T -> [R, N]`` in float32: per row and weight part, a float32-accumulated reduction."""
-    parts = _parts(w)
+    parts = _parts(w, x.shape[0])
     rows = []
     for i in range(x.shape[0]):
         xf = x[i].float()
@@ -168,18 +178,37 @@ def available() -> bool:
 MIN_WEIGHTS = 1 << 18
 
 
-# Most activation rows a product takes through the kernel, by weight dtype (``bench/row_kernels.py`` on the
-# development machine, 1 and 2 threads, 3072x1024 and 1024x3072 weights): float32 two rows read at 14-18
-# GB/s where linear reads 9-11, four rows at 12-21 GB/s where linear reads 8-11 (torch's float32 products of
-# a few rows are slow on this AMD CPU), eight rows tie; bfloat16 and int8 two rows about tie with torch's
-# kernels, and from 3-4 rows the conversions make the kernel compute-bound and torch's kernels win. Two rows
-# is the code predictor's first step of every frame; four, a batch of four streams.
-MAX_ROWS = {torch.float32: 4}
+# Which products go through the kernel, by CPU vendor (as ``STREAMS``) and weight dtype:
+# - ``MAX_ROWS``: most activation rows (dtypes not listed: ``MAX_ROWS_OTHER``). On the AMD EPYC VM
+#   (``bench/row_kernels.py``, 1 and 2 threads, 3072x1024 and 1024x3072 weights) float32 two rows read at 14-18
+#   GB/s where linear reads 9-11, four rows at 12-21 GB/s where linear reads 8-11 (torch's float32 products of a
+#   few rows are slow on that CPU), eight rows tie; bfloat16 and int8 two rows about tie with torch's kernels, and
+#   from 3-4 rows the conversions make the kernel compute-bound and torch's kernels win. On the Intel Xeon VM
+#   (session 19) int8 rows share each weight's conversion in the kernel, where ``torch._weight_int8pack_mm``
+#   converts it per block of rows: 8 rows ran 56-70 GMAC/s against int8pack's 40-48 (weights 1024 and 3072 wide),
+#   and 8 int8 streams stepped 12 % faster (0.6b, ``bench/frame_ab.py``). Two rows is the code predictor's first
+#   step of every frame; four and eight, batches of streams.
+# - ``MAX_WIDTH``: most activation elements (rows x in_features) per call for the narrower weight dtypes: beyond
+#   these the kernel lost to torch's kernels (AMD: int8 1 row of 6144 took 3.8x int8pack's time, 2 rows of 3072
+#   1.5x; bfloat16: 2 rows of 6144 1.8x linear). float32 won or tied at every measured width.
+# - ``MAX_IN``: longest row (in_features) per dtype: on the Intel VM int8pack won at 6144 (1.7b's down
+#   projection) for 1 row (18.7 against 14.3 GMAC/s) and 8 rows (57 against 31).
+MAX_ROWS_BY_VENDOR = {"GenuineIntel": {torch.float32: 4, torch.int8: 8}, "": {torch.float32: 4}}
+MAX_WIDTH_BY_VENDOR = {
+    "GenuineIntel": {torch.int8: 8 * 3072, torch.bfloat16: 8192},
+    "": {torch.int8: 4096, torch.bfloat16: 8192},
+}
+MAX_IN_BY_VENDOR = {"GenuineIntel": {torch.int8: 4096}, "": {}}
 MAX_ROWS_OTHER = 2
-# Most activation elements (rows x in_features) per call for the narrower weight dtypes: beyond these the kernel
-# lost to torch's kernels in ``bench/row_kernels.py`` (int8: 1 row of 6144 took 3.8x int8pack's time, 2 rows of
-# 3072 1.5x; bfloat16: 2 rows of 6144 1.8x linear). float32 won or tied at every measured width.
-MAX_WIDTH = {torch.int8: 4096, torch.bfloat16: 8192}
+
+
+def default_routing(vendor: str) -> tuple[dict[torch.dtype, int], dict[torch.dtype, int], dict[torch.dtype, int]]:
+    """``(MAX_ROWS, MAX_WIDTH, MAX_IN)`` for a CPU of ``vendor`` (unknown: the "" entries); fresh dicts."""
+    return tuple(dict(table.get(vendor, table[""]))  # type: ignore[return-value]
+                 for table in (MAX_ROWS_BY_VENDOR, MAX_WIDTH_BY_VENDOR, MAX_IN_BY_VENDOR))
+
+
+MAX_ROWS, MAX_WIDTH, MAX_IN = default_routing(cpu_vendor())
 
 
 # On CUDA the kernel is only traced into compiled regions, where inductor writes each product as one Triton
@@ -203,8 +232,9 @@ def _routed_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return cuda_rows(rows, torch.compiler.is_compiling())
     if not (x.is_cpu and weight.is_cpu):
         return False
-    width = MAX_WIDTH.get(weight.dtype)
-    return 1 <= rows <= MAX_ROWS.get(weight.dtype, MAX_ROWS_OTHER) and (width is None or x.numel() <= width)
+    width, longest = MAX_WIDTH.get(weight.dtype), MAX_IN.get(weight.dtype)
+    return (1 <= rows <= MAX_ROWS.get(weight.dtype, MAX_ROWS_OTHER) and (width is None or x.numel() <= width)
+            and (longest is None or x.shape[-1] <= longest))
 
 
 def _routed_forward(self: nn.Linear | Int8Linear, x: torch.Tensor) -> torch.Tensor:

@@ -59,8 +59,38 @@ def test_int8_row_product_matches_the_dequantized_product():
     two = torch.cat([x, -x])  # the predictor's first step: through the kernel, each row as if alone
     assert torch.equal(layer(two), torch.cat([layer(x), layer(-x)]))
     assert torch.allclose(layer(two), F.linear(two, layer.dequantized()) + layer.bias, rtol=1e-5, atol=1e-5)
-    three = torch.cat([x, x, x])
-    assert torch.equal(layer(three), Int8Linear.forward(layer, three))
+    few = gemv.MAX_ROWS.get(torch.int8, gemv.MAX_ROWS_OTHER)  # 8 on Intel CPUs, else 2
+    rows = torch.randn(few, 96)
+    assert torch.equal(layer(rows), torch.cat([layer(rows[i:i + 1]) for i in range(few)]))
+    more = torch.randn(few + 1, 96)
+    assert torch.equal(layer(more), Int8Linear.forward(layer, more))  # beyond: the layer's own forward
+
+
+@needs_kernels
+def test_eight_int8_rows_go_through_the_kernel_on_intel_each_row_as_if_alone(monkeypatch):
+    """On Intel CPUs (``default_routing("GenuineIntel")``) 3-8 int8 rows take the kernel (a batch of 8 streams):
+    each row's output equals that row alone, bit for bit (so batched int8 frames multiply as single ones do), with
+    the weight streams cut to fit ``ACCUMULATORS`` (8 rows x 2 parts: 16 accumulators in one loop, where one row
+    keeps 4 parts). Float activations stay float32 there, where int8pack rounds them to bfloat16."""
+    from torch._inductor.utils import run_and_get_code
+
+    rows, width, longest = gemv.default_routing("GenuineIntel")
+    monkeypatch.setattr(gemv, "MAX_ROWS", rows)
+    monkeypatch.setattr(gemv, "MAX_WIDTH", width)
+    monkeypatch.setattr(gemv, "MAX_IN", longest)
+    monkeypatch.setattr(gemv, "STREAMS", {torch.int8: 4})
+    torch.manual_seed(3)
+    layer = Int8Linear.from_linear(nn.Linear(256, 96, bias=True), kernel="dequant")
+    x = torch.randn(8, 256)
+    gemv.use_row_kernels_(layer, True)
+    got = layer(x)
+    assert torch.equal(got, torch.cat([layer(x[i:i + 1]) for i in range(8)]))
+    assert torch.allclose(got, F.linear(x, layer.dequantized()) + layer.bias, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(got, Int8Linear.forward(layer, x))  # really the kernel, not the dequant product
+    assert [len(gemv._parts(layer.weight_int8, r)) for r in (1, 2, 4, 8)] == [4, 4, 4, 2]
+    torch._dynamo.reset()
+    _, code = run_and_get_code(torch.compile(gemv._row_int8), x, layer.weight_int8, layer.scales)
+    assert len(set(re.findall(r"tmp_acc\d+_vec", "\n".join(code)))) == 16  # 8 rows x 2 parts, one loop
 
 
 @needs_kernels
@@ -89,6 +119,31 @@ def test_weight_streams_read_in_one_loop_and_change_no_value(dtype, monkeypatch)
     assert torch.equal(out[1], out[2]) and torch.equal(out[1], out[4]) and out[2].shape == (2, 96)
     monkeypatch.setattr(gemv, "STREAMS", {dtype: 5})  # 96 rows: not divisible, one part
     assert len(gemv._parts(w)) == 1 and len(gemv._parts(w[:95])) == 5
+
+
+def test_routing_follows_the_cpu_vendor():
+    """Which products take the kernel by CPU vendor (session 19's Intel measurements, the AMD table otherwise):
+    on Intel up to 8 int8 rows of at most 4096 in_features and 8 x 3072 elements; elsewhere 2 rows of 4096
+    elements; float32 4 rows anywhere. Each call returns fresh dicts."""
+    def routed(routing, rows, width, dtype=torch.int8):
+        gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN = routing
+        return gemv._routed_rows(torch.zeros(rows, width), torch.zeros(8, width, dtype=dtype))
+
+    saved = gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN
+    try:
+        intel, other = gemv.default_routing("GenuineIntel"), gemv.default_routing("AuthenticAMD")
+        assert other == gemv.default_routing("") and intel != other
+        assert [routed(intel, r, w) for r, w in ((8, 1024), (8, 3072), (9, 1024), (1, 6144), (2, 4096))] == [
+            True, True, False, False, True]
+        assert [routed(other, r, w) for r, w in ((8, 1024), (2, 2048), (3, 1024), (1, 4096), (2, 3072))] == [
+            False, True, False, True, False]
+        for routing in (intel, other):
+            assert routed(routing, 4, 8192, torch.float32) and not routed(routing, 5, 64, torch.float32)
+        intel[0][torch.int8] = 1
+        assert gemv.default_routing("GenuineIntel")[0][torch.int8] == 8
+        assert gemv.default_routing(gemv.cpu_vendor()) == saved
+    finally:
+        gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN = saved
 
 
 def test_weight_streams_follow_the_cpu_vendor():
@@ -242,8 +297,8 @@ def test_int8pack_layer_keeps_its_compiled_region_whole_for_one_row(monkeypatch)
         return torch.relu(layer(x)) * 2
 
     compiled = torch.compile(region, backend=backend)
-    three = torch.randn(3, 64)
-    assert torch.equal(compiled(three), region(three))  # several rows: the int8pack kernel, an opaque node
+    many = torch.randn(gemv.MAX_ROWS.get(torch.int8, gemv.MAX_ROWS_OTHER) + 1, 64)
+    assert torch.equal(compiled(many), region(many))  # more rows than the kernel takes: int8pack, an opaque node
     assert len(graphs) == 1 and any(node.target is torch.relu for node in graphs[0].graph.nodes)  # no break
     before = len(graphs)
     one = torch.randn(1, 64)

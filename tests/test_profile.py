@@ -117,8 +117,8 @@ def test_profile_reports_the_accelerated_runner_step(tiny_checkpoints, tmp_path,
 def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys, keep_threads):
     """``bench/frame_ab.py``: two configurations in one process, one row per round with both times and their
     ratio; a side's ``@streams=N`` / ``@fma=off`` / ``@opt=NAME:VALUE`` / ``@threads=N`` / ``@min-weights=N`` /
-    ``@region-blocks=N`` hold while that side runs and only then; ``@batch=B`` steps B streams (and the report
-    adds frames per second)."""
+    ``@region-blocks=N`` / ``@routing=intel|other`` hold while that side runs and only then; ``@batch=B`` steps B
+    streams (and the report adds frames per second)."""
     from qtts import gemv
 
     spec = importlib.util.spec_from_file_location("bench_frame_ab", REPO / "bench" / "frame_ab.py")
@@ -158,8 +158,16 @@ def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys, keep_thr
     assert blocks == accel.TALKER_REGION_BLOCKS
     with pytest.raises(SystemExit, match="@region-blocks=N with N a whole number"):
         module.Side("float32:eager@region-blocks=0", str(tiny_checkpoints["custom_voice"]))
-    with pytest.raises(SystemExit, match="@streams=N, @batch=B, @threads=N, @region-blocks=N, @min-weights=N"):
+    routing = gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN
+    for vendor, name in (("GenuineIntel", "intel"), ("", "other")):
+        side = module.Side(f"int8:eager@routing={name}", str(tiny_checkpoints["custom_voice"]))
+        with side.active():
+            assert gemv.default_routing(vendor) == (gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN)
+        assert routing == (gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN)
+    with pytest.raises(SystemExit, match=re.escape("@streams=N, @routing=intel|other, @batch=B, @threads=N")):
         module.Side("float32:eager@cores=3", str(tiny_checkpoints["custom_voice"]))
+    with pytest.raises(SystemExit, match="unknown configuration suffix 'routing=amd'"):
+        module.Side("float32:eager@routing=amd", str(tiny_checkpoints["custom_voice"]))
     with pytest.raises(SystemExit, match="@threads=N with N a whole number"):
         module.Side("float32:eager@threads=0", str(tiny_checkpoints["custom_voice"]))
     with pytest.raises(SystemExit, match="integer, true or false"):
@@ -290,7 +298,7 @@ def test_int8_products_reports_speed_and_error_per_kernel(capsys, keep_threads, 
         assert shape == "0.6b k/v" and r in ("1", "3") and float(gbs) > 0
         assert kind == ("weight-only" if kernel in module.WEIGHT_ONLY else "W8A8")
         gauss, spiky = float(gauss), float(spiky)
-        if kernel == "row kernel":
+        if kernel.startswith("row kernel"):  # dynamic shapes, and static as inside the compiled regions
             assert gauss < 1e-5 and spiky < 1e-5
         elif kernel == "int8pack":
             assert 1e-4 < gauss < 1e-2
