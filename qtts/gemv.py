@@ -80,9 +80,9 @@ STREAMS = default_streams(cpu_vendor())
 
 
 # Most accumulators (activation rows x weight streams) one loop keeps: a loop has one vector accumulator per row and
-# stream, and an AVX-512 core has 32 vector registers. ``STREAMS`` parts are cut down to fit: 8 int8 rows on the
-# Intel VM ran 2 streams at 56-70 GMAC/s against 4 streams' 53-67 (``[1024, 3072]`` and ``[3072, 1024]``,
-# BENCHMARKS.md, session 19); one to four rows keep every stream. Each output is the same K-long sum either way.
+# stream, and an AVX-512 core has 32 vector registers. ``STREAMS`` parts are cut down to fit: on the Intel VM 8 int8
+# streams stepped 1.9 % slower with 4 parts per loop (32 accumulators) than with 2 (``bench/frame_ab.py``, 0.6b,
+# BENCHMARKS.md, session 19); one to four rows keep every part. Each output is the same K-long sum either way.
 ACCUMULATORS = 16
 
 
@@ -184,15 +184,16 @@ MIN_WEIGHTS = 1 << 18
 #   GB/s where linear reads 9-11, four rows at 12-21 GB/s where linear reads 8-11 (torch's float32 products of a
 #   few rows are slow on that CPU), eight rows tie; bfloat16 and int8 two rows about tie with torch's kernels, and
 #   from 3-4 rows the conversions make the kernel compute-bound and torch's kernels win. On the Intel Xeon VM
-#   (session 19) int8 rows share each weight's conversion in the kernel, where ``torch._weight_int8pack_mm``
-#   converts it per block of rows: 8 rows ran 56-70 GMAC/s against int8pack's 40-48 (weights 1024 and 3072 wide),
-#   and 8 int8 streams stepped 12 % faster (0.6b, ``bench/frame_ab.py``). Two rows is the code predictor's first
-#   step of every frame; four and eight, batches of streams.
+#   (session 19) the kernel converts each int8 weight once for all rows: 8 rows of 1024 ran 60 GMAC/s against
+#   ``torch._weight_int8pack_mm`` 's 37 (``bench/int8_products.py``, static contender; rows of 3072: 56 against 52
+#   in the cache, 45 against 48 from memory), and in the frame, where int8pack is also an external call with
+#   bfloat16 activations, 8 int8 streams stepped 17 % and 4 streams 36 % faster (0.6b, ``bench/frame_ab.py``).
+#   Two rows is the code predictor's first step of every frame; four and eight, batches of streams.
 # - ``MAX_WIDTH``: most activation elements (rows x in_features) per call for the narrower weight dtypes: beyond
 #   these the kernel lost to torch's kernels (AMD: int8 1 row of 6144 took 3.8x int8pack's time, 2 rows of 3072
 #   1.5x; bfloat16: 2 rows of 6144 1.8x linear). float32 won or tied at every measured width.
 # - ``MAX_IN``: longest row (in_features) per dtype: on the Intel VM int8pack won at 6144 (1.7b's down
-#   projection) for 1 row (18.7 against 14.3 GMAC/s) and 8 rows (57 against 31).
+#   projection, ``bench/int8_products.py``) for 1 row (27.6 against 15.3 GB/s) and 8 rows (7.6 against 2.5).
 MAX_ROWS_BY_VENDOR = {"GenuineIntel": {torch.float32: 4, torch.int8: 8}, "": {torch.float32: 4}}
 MAX_WIDTH_BY_VENDOR = {
     "GenuineIntel": {torch.int8: 8 * 3072, torch.bfloat16: 8192},
