@@ -204,6 +204,16 @@ CPU_HOST_OPTIONS: dict[str, object] = {"size_asserts": False, "alignment_asserts
 # What compiled regions on CPU take; the sampling functions take ``CPU_HOST_OPTIONS`` only (without contraction
 # their values stay those of inductor's default code, bit for bit).
 CPU_COMPILE_OPTIONS: dict[str, object] = {**CPU_FMA_OPTIONS, **CPU_HOST_OPTIONS}
+# Added for the regions of a model with int8 layers on CPU (``CPU_COMPILE_OPTIONS`` win where both set a key): every
+# computed buffer read by another kernel is stored once (``realize_reads_threshold`` 1, inductor's default 4). By
+# default inductor recomputes a cheap element-wise producer inside its consumer's loop: the normed activation
+# (``x * rstd * weight``) inside every int8 row kernel's reduction, once per row and loop step, where a batch's
+# row kernels are bound by vector work (the int8 weights convert to float in the loop too). In-process A/Bs
+# (``bench/frame_ab.py``, 0.6b, 2 threads, session 19): int8 8 streams 334.9 -> 223.6 ms per step (every round,
+# 0.653-0.692), one stream 73.2 -> 72.8 ms (0.995); 20 int8 MLP blocks of 8 rows 54.1 -> 22.1 ms, 4 rows 21.3 ->
+# 12.9 ms, one row unchanged. Float32 batches, whose products are oneDNN calls, stepped 2.4 % slower with it
+# (8 streams, every round slower): they keep the default. Storing a value and reading it back changes no value.
+CPU_INT8_OPTIONS: dict[str, object] = {"realize_reads_threshold": 1}
 
 
 # Talker blocks per compiled region in frame steps (one query row per stream), by device type: 1 calls each block's
@@ -311,10 +321,13 @@ def region_products(device_type: str) -> str:
     return CUDA_PRODUCTS
 
 
-def region_compile_options(device_type: str) -> dict[str, object] | None:
+def region_compile_options(device_type: str, int8: bool = False) -> dict[str, object] | None:
     """The inductor options compiled regions take on a device type: ``CUDA_COMPILE_OPTIONS`` on CUDA,
-    ``CPU_COMPILE_OPTIONS`` on CPU (None when empty: inductor's defaults), None elsewhere."""
+    ``CPU_COMPILE_OPTIONS`` on CPU (over ``CPU_INT8_OPTIONS`` for a model with ``int8`` layers), None when empty
+    (inductor's defaults) and elsewhere."""
     options = {"cuda": CUDA_COMPILE_OPTIONS, "cpu": CPU_COMPILE_OPTIONS}.get(device_type)
+    if device_type == "cpu" and int8:
+        options = {**CPU_INT8_OPTIONS, **CPU_COMPILE_OPTIONS}
     return dict(options) if options else None
 
 
@@ -350,7 +363,8 @@ def compile_regions(talker: Talker, backend: str, dynamic_span: bool = False) ->
                 block.self_attn.attend = matmul_attention
     if region_products(device_type) == "rows":
         use_row_kernels_(talker, True)  # until the next ``set_accel``
-    options = region_compile_options(device_type) if backend == "inductor" else None  # others take none
+    int8 = any(isinstance(layer, Int8Linear) for layer in talker.modules())
+    options = region_compile_options(device_type, int8) if backend == "inductor" else None  # others take none
     static = STATIC_REGIONS.get(device_type, False)
     for region in _regions(talker):  # frames with one block per call run these too
         region.compile(backend=backend, options=options, dynamic=False if static else None)

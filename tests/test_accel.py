@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch._inductor.utils import run_and_get_code
 
-from qtts import TTS, ChunkPolicy, InputError, Sampling, Speaker, SynthesisOptions, gemv
+from qtts import TTS, ChunkPolicy, InputError, Sampling, Speaker, SynthesisOptions, gemv, quant
 from qtts.engine import Engine, EngineConfig
 from qtts.model.cache import LayerCache, causal_mask
 from qtts.model.layers import additive_mask, matmul_attention, sdpa_attention
@@ -1022,6 +1022,18 @@ def test_compile_regions_applies_the_products_and_options(tiny_checkpoints, monk
     assert gemv.uses_row_kernels(tts.model.talker)
     tts.set_accel(accel.AccelOptions())
     assert not gemv.uses_row_kernels(tts.model.talker)
+    # A model with int8 layers: its regions also store every computed buffer once (``CPU_INT8_OPTIONS``), under the
+    # general options; the sampling functions are unchanged.
+    quant.quantize_int8_(tts.model, kernel="dequant")
+    seen.clear()
+    functions.clear()
+    accel.compile_regions(tts.model.talker, "inductor")
+    int8 = {**accel.CPU_INT8_OPTIONS, **accel.CPU_COMPILE_OPTIONS}
+    assert int8["realize_reads_threshold"] == 1 and int8 == accel.region_compile_options("cpu", int8=True)
+    assert seen and all(kw["options"] == int8 for kw in seen)
+    assert functions["_run_blocks"] == functions["step"] == int8
+    assert functions["sample"] == accel.CPU_HOST_OPTIONS
+    assert accel.region_compile_options("cuda", int8=True) == {"max_autotune_gemm": True}
 
 
 def test_cpu_options_drop_inductors_host_checks_and_keep_the_values():

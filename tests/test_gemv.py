@@ -121,6 +121,43 @@ def test_weight_streams_read_in_one_loop_and_change_no_value(dtype, monkeypatch)
     assert len(gemv._parts(w)) == 1 and len(gemv._parts(w[:95])) == 5
 
 
+@needs_kernels
+def test_int8_regions_store_the_normed_rows_once_with_the_same_values(monkeypatch):
+    """Inductor by default recomputes a norm's output (``x * rstd * weight``) inside each consumer's loop; in an int8
+    row kernel of 8 rows that is two multiplies per row at every loop step beside the product's own. The int8
+    regions' options (``accel.CPU_INT8_OPTIONS``) store it once: the product's loop multiplies only weights by
+    rows (8 rows x 2 weight parts), and the values are bit for bit the same."""
+    from torch._inductor.utils import run_and_get_code
+
+    from qtts import accel
+    from qtts.model.layers import RMSNorm
+
+    rows, width, longest = gemv.default_routing("GenuineIntel")
+    monkeypatch.setattr(gemv, "MAX_ROWS", rows)
+    monkeypatch.setattr(gemv, "MAX_WIDTH", width)
+    monkeypatch.setattr(gemv, "MAX_IN", longest)
+    monkeypatch.setattr(gemv, "STREAMS", {torch.int8: 4})
+    torch.manual_seed(4)
+    norm = RMSNorm(256, 1e-6)
+    layer = Int8Linear.from_linear(nn.Linear(256, 96, bias=False), kernel="dequant")
+    gemv.use_row_kernels_(layer, True)
+
+    def block(x):
+        return x[..., :96] + layer(norm(x))
+
+    x = torch.randn(8, 1, 256)
+    outs, multiplies = {}, {}
+    for name, options in (("default", accel.region_compile_options("cpu")),
+                          ("int8", accel.region_compile_options("cpu", int8=True))):
+        torch._dynamo.reset()
+        outs[name], code = run_and_get_code(torch.compile(block, dynamic=False, options=options), x)
+        source = "\n".join(code)
+        start = source.index("tmp_acc15 = 0")  # the product's loop: 16 accumulators, then its body
+        multiplies[name] = source[start:source.index("tmp_acc0 = tmp_acc0 +", start)].count(" * ")
+    assert torch.equal(outs["int8"], outs["default"])
+    assert multiplies == {"default": 32, "int8": 16}
+
+
 def test_routing_follows_the_cpu_vendor():
     """Which products take the kernel by CPU vendor (session 19's Intel measurements, the AMD table otherwise):
     on Intel up to 8 int8 rows of at most 4096 in_features and 8 x 3072 elements; elsewhere 2 rows of 4096
