@@ -66,19 +66,23 @@ def test_int8_row_product_matches_the_dequantized_product():
     assert torch.equal(layer(more), Int8Linear.forward(layer, more))  # beyond: the layer's own forward
 
 
+@pytest.fixture
+def intel_int8_routing(monkeypatch):
+    """An Intel CPU's routing (``gemv.default_routing("GenuineIntel")``: up to 8 int8 rows through the kernel) and
+    4 int8 weight streams, whatever CPU runs the test."""
+    for name, table in zip(("MAX_ROWS", "MAX_WIDTH", "MAX_IN"), gemv.default_routing("GenuineIntel"), strict=True):
+        monkeypatch.setattr(gemv, name, table)
+    monkeypatch.setattr(gemv, "STREAMS", {torch.int8: 4})
+
+
 @needs_kernels
-def test_eight_int8_rows_go_through_the_kernel_on_intel_each_row_as_if_alone(monkeypatch):
+def test_eight_int8_rows_go_through_the_kernel_on_intel_each_row_as_if_alone(intel_int8_routing):
     """On Intel CPUs (``default_routing("GenuineIntel")``) 3-8 int8 rows take the kernel (a batch of 8 streams):
     each row's output equals that row alone, bit for bit (so batched int8 frames multiply as single ones do), with
     the weight streams cut to fit ``ACCUMULATORS`` (8 rows x 2 parts: 16 accumulators in one loop, where one row
     keeps 4 parts). Float activations stay float32 there, where int8pack rounds them to bfloat16."""
     from torch._inductor.utils import run_and_get_code
 
-    rows, width, longest = gemv.default_routing("GenuineIntel")
-    monkeypatch.setattr(gemv, "MAX_ROWS", rows)
-    monkeypatch.setattr(gemv, "MAX_WIDTH", width)
-    monkeypatch.setattr(gemv, "MAX_IN", longest)
-    monkeypatch.setattr(gemv, "STREAMS", {torch.int8: 4})
     torch.manual_seed(3)
     layer = Int8Linear.from_linear(nn.Linear(256, 96, bias=True), kernel="dequant")
     x = torch.randn(8, 256)
@@ -122,7 +126,7 @@ def test_weight_streams_read_in_one_loop_and_change_no_value(dtype, monkeypatch)
 
 
 @needs_kernels
-def test_int8_regions_store_the_normed_rows_once_with_the_same_values(monkeypatch):
+def test_int8_regions_store_the_normed_rows_once_with_the_same_values(intel_int8_routing):
     """Inductor by default recomputes a norm's output (``x * rstd * weight``) inside each consumer's loop; in an int8
     row kernel of 8 rows that is two multiplies per row at every loop step beside the product's own. The int8
     regions' options (``accel.CPU_INT8_OPTIONS``) store it once: the product's loop multiplies only weights by
@@ -132,11 +136,6 @@ def test_int8_regions_store_the_normed_rows_once_with_the_same_values(monkeypatc
     from qtts import accel
     from qtts.model.layers import RMSNorm
 
-    rows, width, longest = gemv.default_routing("GenuineIntel")
-    monkeypatch.setattr(gemv, "MAX_ROWS", rows)
-    monkeypatch.setattr(gemv, "MAX_WIDTH", width)
-    monkeypatch.setattr(gemv, "MAX_IN", longest)
-    monkeypatch.setattr(gemv, "STREAMS", {torch.int8: 4})
     torch.manual_seed(4)
     norm = RMSNorm(256, 1e-6)
     layer = Int8Linear.from_linear(nn.Linear(256, 96, bias=False), kernel="dequant")
@@ -158,29 +157,27 @@ def test_int8_regions_store_the_normed_rows_once_with_the_same_values(monkeypatc
     assert multiplies == {"default": 32, "int8": 16}
 
 
-def test_routing_follows_the_cpu_vendor():
+def test_routing_follows_the_cpu_vendor(monkeypatch):
     """Which products take the kernel by CPU vendor (session 19's Intel measurements, the AMD table otherwise):
     on Intel up to 8 int8 rows of at most 4096 in_features and 8 x 3072 elements; elsewhere 2 rows of 4096
     elements; float32 4 rows anywhere. Each call returns fresh dicts."""
+    assert gemv.default_routing(gemv.cpu_vendor()) == (gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN)
+
     def routed(routing, rows, width, dtype=torch.int8):
-        gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN = routing
+        for name, table in zip(("MAX_ROWS", "MAX_WIDTH", "MAX_IN"), routing, strict=True):
+            monkeypatch.setattr(gemv, name, table)
         return gemv._routed_rows(torch.zeros(rows, width), torch.zeros(8, width, dtype=dtype))
 
-    saved = gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN
-    try:
-        intel, other = gemv.default_routing("GenuineIntel"), gemv.default_routing("AuthenticAMD")
-        assert other == gemv.default_routing("") and intel != other
-        assert [routed(intel, r, w) for r, w in ((8, 1024), (8, 3072), (9, 1024), (1, 6144), (2, 4096))] == [
-            True, True, False, False, True]
-        assert [routed(other, r, w) for r, w in ((8, 1024), (2, 2048), (3, 1024), (1, 4096), (2, 3072))] == [
-            False, True, False, True, False]
-        for routing in (intel, other):
-            assert routed(routing, 4, 8192, torch.float32) and not routed(routing, 5, 64, torch.float32)
-        intel[0][torch.int8] = 1
-        assert gemv.default_routing("GenuineIntel")[0][torch.int8] == 8
-        assert gemv.default_routing(gemv.cpu_vendor()) == saved
-    finally:
-        gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN = saved
+    intel, other = gemv.default_routing("GenuineIntel"), gemv.default_routing("AuthenticAMD")
+    assert other == gemv.default_routing("") and intel != other
+    assert [routed(intel, r, w) for r, w in ((8, 1024), (8, 3072), (9, 1024), (1, 6144), (2, 4096))] == [
+        True, True, False, False, True]
+    assert [routed(other, r, w) for r, w in ((8, 1024), (2, 2048), (3, 1024), (1, 4096), (2, 3072))] == [
+        False, True, False, True, False]
+    for routing in (intel, other):
+        assert routed(routing, 4, 8192, torch.float32) and not routed(routing, 5, 64, torch.float32)
+    intel[0][torch.int8] = 1
+    assert gemv.default_routing("GenuineIntel")[0][torch.int8] == 8
 
 
 def test_weight_streams_follow_the_cpu_vendor():
