@@ -16,6 +16,10 @@ A configuration is ``dtype:accel`` (as in ``frame_rounds.py``: dtype float32, bf
 - ``@streams=N``: the row kernels' weight streams per loop (``qtts.gemv.STREAMS``) for its weight dtype;
 - ``@routing=intel|other``: which products take the row kernels (``qtts.gemv.MAX_ROWS``, ``MAX_WIDTH``,
   ``MAX_IN``) as on an Intel CPU or on any other (``qtts.gemv.default_routing``);
+- ``@max-rows=N`` / ``@max-width=N``: products of up to N activation rows / N activation elements of its weight
+  dtype take the row kernels (``qtts.gemv.MAX_ROWS`` / ``MAX_WIDTH``; after any ``@routing``);
+- ``@accumulators=N``: the row kernels' most accumulators (rows x weight streams) per loop for its weight dtype
+  (``qtts.gemv.ACCUMULATORS``; regions take the fusion size to match: ``accel.region_compile_options``);
 - ``@fma=off``: its compiled regions without FMA contraction (``qtts.accel.CPU_FMA_OPTIONS``);
 - ``@opt=NAME:VALUE``: an integer or true/false inductor option in its compiled regions, e.g.
   ``@opt=realize_reads_threshold:1``;
@@ -75,6 +79,9 @@ class Side:
         self.min_weights: int | None = None  # None: the library's thresholds
         self.region_blocks = accel.TALKER_REGION_BLOCKS["cpu"]
         self.cpu_options = dict(accel.CPU_COMPILE_OPTIONS)
+        self.max_rows: int | None = None  # None: the routing's
+        self.max_width: int | None = None  # None: the routing's
+        self.accumulators = dict(gemv.ACCUMULATORS)
         for item in filter(None, extra.split("@")):
             key, _, value = item.partition("=")
             if key == "min-weights":
@@ -83,7 +90,7 @@ class Side:
                 self.min_weights = int(value)
             elif key == "routing" and value in ("intel", "other"):
                 self.routing = gemv.default_routing("GenuineIntel" if value == "intel" else "")
-            elif key in ("streams", "batch", "threads", "region-blocks"):
+            elif key in ("streams", "batch", "threads", "region-blocks", "max-rows", "max-width", "accumulators"):
                 if not (value.isdigit() and int(value) >= 1):
                     n = "B" if key == "batch" else "N"
                     raise SystemExit(f"configuration suffix {item!r}: use @{key}={n} with {n} a whole number >= 1")
@@ -93,6 +100,12 @@ class Side:
                     self.batch = int(value)
                 elif key == "region-blocks":
                     self.region_blocks = int(value)
+                elif key == "max-rows":
+                    self.max_rows = int(value)
+                elif key == "max-width":
+                    self.max_width = int(value)
+                elif key == "accumulators":
+                    self.accumulators[weight] = int(value)
                 else:
                     self.threads = int(value)
             elif key == "fma" and value in ("on", "off"):
@@ -106,8 +119,12 @@ class Side:
                 self.cpu_options = {**self.cpu_options, name: int(text) if flag is None else flag}
             else:
                 raise SystemExit(f"unknown configuration suffix {item!r} (use @streams=N, @routing=intel|other, "
-                                 "@batch=B, @threads=N, @region-blocks=N, @min-weights=N, @fma=on|off or "
-                                 "@opt=inductor_option:integer|true|false)")
+                                 "@batch=B, @threads=N, @max-rows=N, @max-width=N, @accumulators=N, @region-blocks=N, "
+                                 "@min-weights=N, @fma=on|off or @opt=inductor_option:integer|true|false)")
+        if self.max_rows is not None:
+            self.routing = ({**self.routing[0], weight: self.max_rows}, *self.routing[1:])
+        if self.max_width is not None:
+            self.routing = (self.routing[0], {**self.routing[1], weight: self.max_width}, self.routing[2])
         self.tts = TTS.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantize=quantize)
         with self.active():
             options = parse_accel(accel_parts.replace("+", ","), "cpu")
@@ -122,8 +139,9 @@ class Side:
         from qtts import accel, gemv, packed, quant
 
         saved = gemv.STREAMS, accel.CPU_COMPILE_OPTIONS, torch.get_num_threads(), dict(accel.TALKER_REGION_BLOCKS)
-        saved_routing = gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN
+        saved_routing = gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN, gemv.ACCUMULATORS
         gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN = self.routing
+        gemv.ACCUMULATORS = self.accumulators
         sizes = gemv.MIN_WEIGHTS, packed.MIN_WEIGHTS, quant.CPU_MIN_INT8PACK_WEIGHTS
         gemv.STREAMS, accel.CPU_COMPILE_OPTIONS = self.streams, self.cpu_options
         accel.TALKER_REGION_BLOCKS["cpu"] = self.region_blocks
@@ -139,7 +157,7 @@ class Side:
             accel.TALKER_REGION_BLOCKS.clear()
             accel.TALKER_REGION_BLOCKS.update(saved[3])
             gemv.MIN_WEIGHTS, packed.MIN_WEIGHTS, quant.CPU_MIN_INT8PACK_WEIGHTS = sizes
-            gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN = saved_routing
+            gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN, gemv.ACCUMULATORS = saved_routing
 
     def frame_ms(self, frames: int) -> float:
         from suite import runner_rate

@@ -31,9 +31,10 @@ from collections.abc import Iterator
 
 import torch
 
+from . import gemv
 from .compile_limits import raise_recompile_limit
 from .errors import InputError
-from .gemv import use_row_kernels_
+from .gemv import use_row_kernels_, uses_row_kernels
 from .generate import EAGER, FrameState, Kernels, decode_frame
 from .model.layers import matmul_attention
 from .model.talker import Talker
@@ -45,11 +46,12 @@ from .sampling import frame_exponentials, process_code0_logits, sample
 class AccelOptions:
     """``compile``: ``torch.compile`` the frame step; ``cuda_graphs``: capture it in CUDA graphs (CUDA only);
     ``max_frames``: cache slots preallocated per stream when shapes are static (prompt + generated frames);
-    ``row_kernels``: CPU products of a few activation rows (``qtts.gemv.MAX_ROWS``: 1-2, float32 1-4, int8 on
-    Intel CPUs 1-8) as a compiled reduction that reads the weights once (a single stream's frame on CPU, and
-    int8 batches there; independent of ``compile``); ``fused``: each block's q/k/v and gate/up projections as
-    one product each (4 products per block instead of 7; ``qtts.model.fuse``; fewer kernels for a GPU; on CPU
-    no gain for one stream under ``compile``, 6-8 % faster for 8 streams with ``packed``);
+    ``row_kernels``: CPU products of a few activation rows (``qtts.gemv.MAX_ROWS``: 1-2, float32 1-4, on Intel
+    CPUs int8 1-8 and in compiled regions float32 and bfloat16 1-8) as a compiled reduction that reads the
+    weights once (a single stream's frame on CPU, and batches on Intel CPUs; independent of ``compile``);
+    ``fused``: each block's q/k/v and gate/up projections as one product each (4 products per block instead of
+    7; ``qtts.model.fuse``; fewer kernels for a GPU; on CPU no gain for one stream under ``compile``, 6-8 %
+    faster for 8 streams with ``packed``);
     ``codec_stream`` (CUDA): chunk decodes on their own CUDA stream, overlapping the next frame step;
     ``packed`` (CPU): linear weights reordered once for oneDNN (``qtts.packed``: bfloat16 bit for bit, float32
     last bits differ; faster products of any row count, a second copy of the weights in memory)."""
@@ -204,16 +206,24 @@ CPU_HOST_OPTIONS: dict[str, object] = {"size_asserts": False, "alignment_asserts
 # What compiled regions on CPU take; the sampling functions take ``CPU_HOST_OPTIONS`` only (without contraction
 # their values stay those of inductor's default code, bit for bit).
 CPU_COMPILE_OPTIONS: dict[str, object] = {**CPU_FMA_OPTIONS, **CPU_HOST_OPTIONS}
-# Added for the regions of a model with int8 layers on CPU (``CPU_COMPILE_OPTIONS`` win where both set a key): every
-# computed buffer read by another kernel is stored once (``realize_reads_threshold`` 1, inductor's default 4). By
-# default inductor recomputes a cheap element-wise producer inside its consumer's loop: the normed activation
-# (``x * rstd * weight``) inside every int8 row kernel's reduction, once per row and loop step, where a batch's
-# row kernels are bound by vector work (the int8 weights convert to float in the loop too). In-process A/Bs
-# (``bench/frame_ab.py``, 0.6b, 2 threads, session 19): int8 8 streams 334.9 -> 223.6 ms per step (every round,
-# 0.653-0.692), one stream 73.2 -> 72.8 ms (0.995); 20 int8 MLP blocks of 8 rows 54.1 -> 22.1 ms, 4 rows 21.3 ->
-# 12.9 ms, one row unchanged. Float32 batches, whose products are oneDNN calls, stepped 2.4 % slower with it
-# (8 streams, every round slower): they keep the default. Storing a value and reading it back changes no value.
-CPU_INT8_OPTIONS: dict[str, object] = {"realize_reads_threshold": 1}
+# Added for the regions of a model whose batches of streams take the row kernels on CPU (``gemv.takes_batches``:
+# on the Intel VM up to 8 rows of every weight dtype; ``CPU_COMPILE_OPTIONS`` win where both set a key), with inductor's
+# ``cpp.max_horizontal_fusion_size`` raised to the weight dtype's ``gemv.accumulators`` where that is more than
+# inductor's 16, so that a product's reductions (rows x weight streams) share one loop.
+# ``realize_reads_threshold`` 1 (inductor's default 4): every computed buffer read by another kernel is stored once.
+# By default inductor recomputes a cheap element-wise producer inside its consumer's loop: the normed activation
+# (``x * rstd * weight``) inside every row kernel's reduction, once per row and loop step, and a batch's row kernels
+# are bound by vector work. In-process A/Bs (``bench/frame_ab.py``, 0.6b, 2 threads):
+# - int8 (session 19): 8 streams 334.9 -> 223.6 ms per step (every round, 0.653-0.692), one stream 73.2 -> 72.8 ms
+#   (0.995); 20 int8 MLP blocks of 8 rows 54.1 -> 22.1 ms, 4 rows 21.3 -> 12.9 ms, one row unchanged;
+# - float32 (session 20): one stream 226.8 -> 225.1 ms (0.982), 4 streams 325.4 -> 313.7 ms (0.975); with 8 rows
+#   through the kernel and 32 accumulators per loop, 8 streams 370.3 -> 344.5 ms (0.927, every round faster);
+# - bfloat16 (session 20): 8 streams 324.7 -> 309.2 ms with 8 rows through the kernel (0.955, every round faster).
+# Float32 batches whose products are oneDNN calls stepped 2.4 % slower with it (8 streams, session 19): models whose
+# batches keep torch's kernels (row kernels off; on other CPUs bfloat16 and int8) keep the default. Storing a value
+# and reading it back changes no value; a fusion's size changes no reduction's order.
+CPU_BATCH_OPTIONS: dict[str, object] = {"realize_reads_threshold": 1}
+INDUCTOR_HORIZONTAL_FUSION = 16  # inductor's default ``cpp.max_horizontal_fusion_size``
 
 
 # Talker blocks per compiled region in frame steps (one query row per stream), by device type: 1 calls each block's
@@ -321,13 +331,16 @@ def region_products(device_type: str) -> str:
     return CUDA_PRODUCTS
 
 
-def region_compile_options(device_type: str, int8: bool = False) -> dict[str, object] | None:
+def region_compile_options(device_type: str, batches: torch.dtype | None = None) -> dict[str, object] | None:
     """The inductor options compiled regions take on a device type: ``CUDA_COMPILE_OPTIONS`` on CUDA,
-    ``CPU_COMPILE_OPTIONS`` on CPU (over ``CPU_INT8_OPTIONS`` for a model with ``int8`` layers), None when empty
-    (inductor's defaults) and elsewhere."""
+    ``CPU_COMPILE_OPTIONS`` on CPU, None when empty (inductor's defaults) and elsewhere. ``batches``: the weight
+    dtype of a model whose batches take the row kernels (``gemv.takes_batches``); on CPU its regions also take
+    ``CPU_BATCH_OPTIONS`` and a horizontal fusion size that holds ``gemv.accumulators(batches)`` reductions."""
     options = {"cuda": CUDA_COMPILE_OPTIONS, "cpu": CPU_COMPILE_OPTIONS}.get(device_type)
-    if device_type == "cpu" and int8:
-        options = {**CPU_INT8_OPTIONS, **CPU_COMPILE_OPTIONS}
+    if device_type == "cpu" and batches is not None:
+        fusion = gemv.accumulators(batches)
+        wider = {"cpp.max_horizontal_fusion_size": fusion} if fusion > INDUCTOR_HORIZONTAL_FUSION else {}
+        options = {**CPU_BATCH_OPTIONS, **wider, **CPU_COMPILE_OPTIONS}
     return dict(options) if options else None
 
 
@@ -363,8 +376,9 @@ def compile_regions(talker: Talker, backend: str, dynamic_span: bool = False) ->
                 block.self_attn.attend = matmul_attention
     if region_products(device_type) == "rows":
         use_row_kernels_(talker, True)  # until the next ``set_accel``
-    int8 = any(isinstance(layer, Int8Linear) for layer in talker.modules())
-    options = region_compile_options(device_type, int8) if backend == "inductor" else None  # others take none
+    dtype = gemv.weight_dtype(talker)
+    batches = dtype if dtype is not None and uses_row_kernels(talker) and gemv.takes_batches(dtype) else None
+    options = region_compile_options(device_type, batches) if backend == "inductor" else None  # others take none
     static = STATIC_REGIONS.get(device_type, False)
     for region in _regions(talker):  # frames with one block per call run these too
         region.compile(backend=backend, options=options, dynamic=False if static else None)

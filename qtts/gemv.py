@@ -79,18 +79,31 @@ def default_streams(vendor: str) -> dict[torch.dtype, int]:
 STREAMS = default_streams(cpu_vendor())
 
 
-# Most accumulators (activation rows x weight streams) one loop keeps: a loop has one vector accumulator per row and
-# stream, and an AVX-512 core has 32 vector registers. ``STREAMS`` parts are cut down to fit: on the Intel VM 8 int8
-# streams stepped 1.9 % slower with 4 parts per loop (32 accumulators) than with 2 (``bench/frame_ab.py``, 0.6b,
-# BENCHMARKS.md, session 19); one to four rows keep every part. Each output is the same K-long sum either way.
-ACCUMULATORS = 16
+# Most accumulators (activation rows x weight streams) one loop keeps, by weight dtype (others:
+# ``ACCUMULATORS_OTHER``): a loop has one vector accumulator per row and stream, and an AVX-512 core has 32 vector
+# registers. ``STREAMS`` parts are cut down to fit; one to four rows keep every part. Inductor fuses at most
+# ``cpp.max_horizontal_fusion_size`` (default 16) reductions into one loop, so regions whose products take more set
+# that option (``accel.region_compile_options``). On the Intel VM (``bench/frame_ab.py``, 0.6b, 2 threads):
+# - float32, 8 rows x 4 parts in one loop: an 8-stream step 370.3 -> 344.5 ms against oneDNN's packed products
+#   (session 20; 20 float32 MLP blocks of 8 rows: 42.9 ms with 16 accumulators, 39.3 with 32, oneDNN 42.2-44.5);
+# - bfloat16, 8 rows: 32 accumulators stepped 0.963 x the time of 16 (320.7 -> 309.2 ms, session 20);
+# - int8, 8 rows: 32 accumulators stepped 1.4 % slower than 16 (session 20), whose weights convert in the loop too;
+#   in session 19, 4 parts in two loops of 16 (without the fusion option) 1.9 % slower than 2 parts.
+# Each output is the same K-long sum whatever the parts.
+ACCUMULATORS: dict[torch.dtype, int] = {torch.float32: 32, torch.bfloat16: 32}
+ACCUMULATORS_OTHER = 16
+
+
+def accumulators(dtype: torch.dtype) -> int:
+    """Most accumulators per loop for products of ``dtype`` weights (``ACCUMULATORS``)."""
+    return ACCUMULATORS.get(dtype, ACCUMULATORS_OTHER)
 
 
 def _parts(w: torch.Tensor, rows: int = 1) -> tuple[torch.Tensor, ...]:
-    """``w [N, K]`` as float32, on CPU in ``STREAMS[w.dtype]`` parts along N (at most ``ACCUMULATORS // rows``)
-    when they divide it (else whole)."""
+    """``w [N, K]`` as float32, on CPU in ``STREAMS[w.dtype]`` parts along N (at most ``accumulators(w.dtype) //
+    rows``) when they divide it (else whole)."""
     wf = w.float()
-    n, streams = w.shape[0], min(STREAMS.get(w.dtype, 1), max(1, ACCUMULATORS // max(rows, 1)))
+    n, streams = w.shape[0], min(STREAMS.get(w.dtype, 1), max(1, accumulators(w.dtype) // max(rows, 1)))
     if w.is_cuda or streams < 2 or n % streams:
         return (wf,)
     return wf.split(n // streams)
@@ -188,19 +201,32 @@ MIN_WEIGHTS = 1 << 18
 #   ``torch._weight_int8pack_mm`` 's 37 (``bench/int8_products.py``, static contender; rows of 3072: 56 against 52
 #   in the cache, 45 against 48 from memory), and in the frame, where int8pack is also an external call with
 #   bfloat16 activations, 8 int8 streams stepped 17 % and 4 streams 36 % faster (0.6b, ``bench/frame_ab.py``).
+#   Float32 on the Intel VM (session 20): 8 rows in one loop of 32 accumulators (``ACCUMULATORS``), with the
+#   regions' batch options (``accel.CPU_BATCH_OPTIONS``), beat oneDNN's packed product (20 MLP blocks of 8 rows:
+#   37.9-39.3 against 42.2 ms) and in the frame took an 8-stream step from 370.3 to 344.5 ms (every round faster).
+#   bfloat16 too (session 20): 20 MLP blocks of 8 rows 46.4 against oneDNN's 52.6 ms, 4 rows 31.3 against 36.9;
+#   8 streams stepped 324.7 -> 309.2 ms with 16 accumulators (0.955, every round faster), then 0.963 x that with 32
+#   (the bfloat16 rows of 8 x 3072 elements (``MAX_WIDTH``) included; 1.7b's rows of 6144 not measured).
 #   Two rows is the code predictor's first step of every frame; four and eight, batches of streams.
 # - ``MAX_WIDTH``: most activation elements (rows x in_features) per call for the narrower weight dtypes: beyond
 #   these the kernel lost to torch's kernels (AMD: int8 1 row of 6144 took 3.8x int8pack's time, 2 rows of 3072
 #   1.5x; bfloat16: 2 rows of 6144 1.8x linear). float32 won or tied at every measured width.
 # - ``MAX_IN``: longest row (in_features) per dtype: on the Intel VM int8pack won at 6144 (1.7b's down
 #   projection, ``bench/int8_products.py``) for 1 row (27.6 against 15.3 GB/s) and 8 rows (7.6 against 2.5).
-MAX_ROWS_BY_VENDOR = {"GenuineIntel": {torch.float32: 4, torch.int8: 8}, "": {torch.float32: 4}}
+MAX_ROWS_BY_VENDOR = {"GenuineIntel": {torch.float32: 8, torch.bfloat16: 8, torch.int8: 8},
+                      "": {torch.float32: 4}}
 MAX_WIDTH_BY_VENDOR = {
-    "GenuineIntel": {torch.int8: 8 * 3072, torch.bfloat16: 8192},
+    "GenuineIntel": {torch.int8: 8 * 3072, torch.bfloat16: 8 * 3072},
     "": {torch.int8: 4096, torch.bfloat16: 8192},
 }
 MAX_IN_BY_VENDOR = {"GenuineIntel": {torch.int8: 4096}, "": {}}
 MAX_ROWS_OTHER = 2
+# Outside compiled code a product takes the standalone kernel (dynamic shapes, inductor's default options), which
+# for float32 loses beyond 4 rows: 8 rows of the 0.6b's layer shapes 39.3 ms against oneDNN's packed 27.2 ms (32
+# products, session 20), where inside a compiled region 8 rows win. So uncompiled products of more rows than this
+# keep torch's kernels (int8 8 rows: the standalone kernel 44.4 ms against int8pack's 54.9, not limited; bfloat16
+# keeps the 2 rows it had before session 20, unmeasured beyond).
+EAGER_MAX_ROWS = {torch.float32: 4, torch.bfloat16: MAX_ROWS_OTHER}
 
 
 def default_routing(vendor: str) -> tuple[dict[torch.dtype, int], dict[torch.dtype, int], dict[torch.dtype, int]]:
@@ -219,6 +245,31 @@ MAX_ROWS, MAX_WIDTH, MAX_IN = default_routing(cpu_vendor())
 CUDA_MAX_ROWS = 2
 
 
+def max_rows(dtype: torch.dtype, compiling: bool) -> int:
+    """Most activation rows of a CPU product of ``dtype`` weights that take the kernel: ``MAX_ROWS`` inside
+    compiled code, also capped by ``EAGER_MAX_ROWS`` outside it."""
+    most = MAX_ROWS.get(dtype, MAX_ROWS_OTHER)
+    return most if compiling else min(most, EAGER_MAX_ROWS.get(dtype, most))
+
+
+def takes_batches(dtype: torch.dtype) -> bool:
+    """Whether CPU products of ``dtype`` weights take the kernel for more rows than one stream's (2: the code
+    predictor's first step), i.e. for batches of streams (``MAX_ROWS``)."""
+    return MAX_ROWS.get(dtype, MAX_ROWS_OTHER) > 2
+
+
+def weight_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of ``module``'s linear weights as the row kernels see them: ``torch.int8`` if it has an
+    ``Int8Linear``, else its first ``nn.Linear``'s weight dtype; None without either."""
+    first = None
+    for layer in module.modules():
+        if isinstance(layer, Int8Linear):
+            return torch.int8
+        if first is None and isinstance(layer, nn.Linear):
+            first = layer.weight.dtype
+    return first
+
+
 def cuda_rows(rows: int, compiling: bool) -> bool:
     """Whether a CUDA product of ``rows`` activation rows goes through the kernel (compiled code only)."""
     return compiling and 1 <= rows <= CUDA_MAX_ROWS
@@ -234,8 +285,8 @@ def _routed_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if not (x.is_cpu and weight.is_cpu):
         return False
     width, longest = MAX_WIDTH.get(weight.dtype), MAX_IN.get(weight.dtype)
-    return (1 <= rows <= MAX_ROWS.get(weight.dtype, MAX_ROWS_OTHER) and (width is None or x.numel() <= width)
-            and (longest is None or x.shape[-1] <= longest))
+    return (1 <= rows <= max_rows(weight.dtype, torch.compiler.is_compiling())
+            and (width is None or x.numel() <= width) and (longest is None or x.shape[-1] <= longest))
 
 
 def _routed_forward(self: nn.Linear | Int8Linear, x: torch.Tensor) -> torch.Tensor:

@@ -996,8 +996,8 @@ def test_graphed_span_buckets_capture_once_and_equal_eager(tiny_checkpoints, mon
 def test_compile_regions_applies_the_products_and_options(tiny_checkpoints, monkeypatch):
     """``compile_regions`` routes the talker's products through the row kernel when ``region_products`` says
     "rows" (until the next ``set_accel``), and hands the device's inductor options (on this CPU
-    ``CPU_COMPILE_OPTIONS``) to the regions, and ``CPU_HOST_OPTIONS`` alone to the sampling functions, when the
-    backend is inductor."""
+    ``CPU_COMPILE_OPTIONS``, over ``CPU_BATCH_OPTIONS`` where batches take the row kernels) to the regions, and
+    ``CPU_HOST_OPTIONS`` alone to the sampling functions, when the backend is inductor."""
     from qtts import accel
 
     tts = _fresh(tiny_checkpoints["custom_voice"], "cpu")
@@ -1022,18 +1022,37 @@ def test_compile_regions_applies_the_products_and_options(tiny_checkpoints, monk
     assert gemv.uses_row_kernels(tts.model.talker)
     tts.set_accel(accel.AccelOptions())
     assert not gemv.uses_row_kernels(tts.model.talker)
-    # A model with int8 layers: its regions also store every computed buffer once (``CPU_INT8_OPTIONS``), under the
-    # general options; the sampling functions are unchanged.
+    # A model whose batches of streams take the row kernels (``gemv.takes_batches`` for its weight dtype, as on an
+    # Intel CPU): its regions also store every computed buffer once (``CPU_BATCH_OPTIONS``), under the general
+    # options, and float32 ones fuse 32 reductions per loop (``gemv.ACCUMULATORS``); the sampling functions are
+    # unchanged. Row kernels off, or batches left to torch's kernels: the general options.
+    import torch._inductor.config as inductor_config
+
+    assert inductor_config.cpp.max_horizontal_fusion_size == accel.INDUCTOR_HORIZONTAL_FUSION
+    for name, table in zip(("MAX_ROWS", "MAX_WIDTH", "MAX_IN"), gemv.default_routing("GenuineIntel"), strict=True):
+        monkeypatch.setattr(gemv, name, table)
+    monkeypatch.setattr(gemv, "ACCUMULATORS", {torch.float32: 32})
+    monkeypatch.setattr(accel, "region_products", lambda device_type: "linear")  # the row kernels as set below
+
+    def compiled_with(rows: bool) -> dict:
+        gemv.use_row_kernels_(tts.model.talker, rows)
+        seen.clear()
+        functions.clear()
+        accel.compile_regions(tts.model.talker, "inductor")
+        assert seen and all(kw["options"] == seen[0]["options"] for kw in seen)
+        assert functions["_run_blocks"] == functions["step"] == seen[0]["options"]
+        assert functions["sample"] == accel.CPU_HOST_OPTIONS
+        return seen[0]["options"]
+
+    f32 = {**accel.CPU_BATCH_OPTIONS, "cpp.max_horizontal_fusion_size": 32, **accel.CPU_COMPILE_OPTIONS}
+    assert f32["realize_reads_threshold"] == 1 and f32 == accel.region_compile_options("cpu", torch.float32)
+    assert compiled_with(True) == f32 and compiled_with(False) == accel.CPU_COMPILE_OPTIONS
     quant.quantize_int8_(tts.model, kernel="dequant")
-    seen.clear()
-    functions.clear()
-    accel.compile_regions(tts.model.talker, "inductor")
-    int8 = {**accel.CPU_INT8_OPTIONS, **accel.CPU_COMPILE_OPTIONS}
-    assert int8["realize_reads_threshold"] == 1 and int8 == accel.region_compile_options("cpu", int8=True)
-    assert seen and all(kw["options"] == int8 for kw in seen)
-    assert functions["_run_blocks"] == functions["step"] == int8
-    assert functions["sample"] == accel.CPU_HOST_OPTIONS
-    assert accel.region_compile_options("cuda", int8=True) == {"max_autotune_gemm": True}
+    int8 = {**accel.CPU_BATCH_OPTIONS, **accel.CPU_COMPILE_OPTIONS}  # 16 accumulators: inductor's fusion size
+    assert compiled_with(True) == int8 == accel.region_compile_options("cpu", torch.int8)
+    monkeypatch.setattr(gemv, "MAX_ROWS", {torch.int8: 2})  # int8 batches on int8pack (the AMD table)
+    assert compiled_with(True) == accel.CPU_COMPILE_OPTIONS
+    assert accel.region_compile_options("cuda", torch.int8) == {"max_autotune_gemm": True}
 
 
 def test_cpu_options_drop_inductors_host_checks_and_keep_the_values():

@@ -29,7 +29,7 @@ def _every_size(monkeypatch):
 def test_row_product_matches_linear_and_rows_do_not_depend_on_each_other(dtype):
     torch.manual_seed(0)
     layer = nn.Linear(200, 37, bias=True).to(dtype)  # odd sizes: the kernel is not tied to vector widths
-    few = gemv.MAX_ROWS.get(dtype, gemv.MAX_ROWS_OTHER)
+    few = gemv.max_rows(dtype, compiling=False)
     x1, xs, many = (torch.randn(1, 1, 200, dtype=dtype), torch.randn(few, 200, dtype=dtype),
                     torch.randn(few + 1, 200, dtype=dtype))
     expected1, expected_many = layer(x1), layer(many)
@@ -59,7 +59,7 @@ def test_int8_row_product_matches_the_dequantized_product():
     two = torch.cat([x, -x])  # the predictor's first step: through the kernel, each row as if alone
     assert torch.equal(layer(two), torch.cat([layer(x), layer(-x)]))
     assert torch.allclose(layer(two), F.linear(two, layer.dequantized()) + layer.bias, rtol=1e-5, atol=1e-5)
-    few = gemv.MAX_ROWS.get(torch.int8, gemv.MAX_ROWS_OTHER)  # 8 on Intel CPUs, else 2
+    few = gemv.max_rows(torch.int8, compiling=False)  # 8 on Intel CPUs, else 2
     rows = torch.randn(few, 96)
     assert torch.equal(layer(rows), torch.cat([layer(rows[i:i + 1]) for i in range(few)]))
     more = torch.randn(few + 1, 96)
@@ -128,8 +128,8 @@ def test_weight_streams_read_in_one_loop_and_change_no_value(dtype, monkeypatch)
 @needs_kernels
 def test_int8_regions_store_the_normed_rows_once_with_the_same_values(intel_int8_routing):
     """Inductor by default recomputes a norm's output (``x * rstd * weight``) inside each consumer's loop; in an int8
-    row kernel of 8 rows that is two multiplies per row at every loop step beside the product's own. The int8
-    regions' options (``accel.CPU_INT8_OPTIONS``) store it once: the product's loop multiplies only weights by
+    row kernel of 8 rows that is two multiplies per row at every loop step beside the product's own. The regions'
+    batch options (``accel.CPU_BATCH_OPTIONS``) store it once: the product's loop multiplies only weights by
     rows (8 rows x 2 weight parts), and the values are bit for bit the same."""
     from torch._inductor.utils import run_and_get_code
 
@@ -147,7 +147,7 @@ def test_int8_regions_store_the_normed_rows_once_with_the_same_values(intel_int8
     x = torch.randn(8, 1, 256)
     outs, multiplies = {}, {}
     for name, options in (("default", accel.region_compile_options("cpu")),
-                          ("int8", accel.region_compile_options("cpu", int8=True))):
+                          ("int8", accel.region_compile_options("cpu", torch.int8))):
         torch._dynamo.reset()
         outs[name], code = run_and_get_code(torch.compile(block, dynamic=False, options=options), x)
         source = "\n".join(code)
@@ -157,10 +157,55 @@ def test_int8_regions_store_the_normed_rows_once_with_the_same_values(intel_int8
     assert multiplies == {"default": 32, "int8": 16}
 
 
+@needs_kernels
+def test_eight_float32_rows_take_the_kernel_in_compiled_regions_only(monkeypatch):
+    """On Intel CPUs (``default_routing("GenuineIntel")``) up to 8 float32 rows take the kernel inside compiled code
+    (a batch of 8 streams in a region): with the regions' batch options (``accel.region_compile_options(..,
+    torch.float32)``) the 8 rows x 4 weight parts share one loop of 32 accumulators (``gemv.ACCUMULATORS``;
+    inductor's default fusion size would cut it into two loops of 16), and each row equals that row alone, bit for
+    bit. Outside compiled code (the standalone kernel, slower there) 8 rows keep torch's linear."""
+    from torch._inductor.utils import run_and_get_code
+
+    from qtts import accel
+    from qtts.model.layers import RMSNorm
+
+    for name, table in zip(("MAX_ROWS", "MAX_WIDTH", "MAX_IN"), gemv.default_routing("GenuineIntel"), strict=True):
+        monkeypatch.setattr(gemv, name, table)
+    monkeypatch.setattr(gemv, "STREAMS", {torch.float32: 4})
+    monkeypatch.setattr(gemv, "ACCUMULATORS", {torch.float32: 32})
+    assert (gemv.max_rows(torch.float32, True), gemv.max_rows(torch.float32, False)) == (8, 4)
+    assert gemv.takes_batches(torch.float32) and [len(gemv._parts(torch.zeros(96, 8), r)) for r in (1, 8, 16)] == [
+        4, 4, 2]
+    torch.manual_seed(5)
+    norm, layer = RMSNorm(256, 1e-6), nn.Linear(256, 96, bias=False)
+    gemv.use_row_kernels_(layer, True)
+
+    def block(x):
+        return x[..., :96] + layer(norm(x))
+
+    x = torch.randn(8, 1, 256)
+    options = accel.region_compile_options("cpu", torch.float32)
+    loops = {}
+    for rows in (8, 1):
+        torch._dynamo.reset()
+        out, code = run_and_get_code(torch.compile(block, dynamic=False, options=options), x[:rows])
+        source = "\n".join(code)
+        loops[rows] = [len(set(re.findall(r"tmp_acc\d+_vec", part))) for part in source.split("#pragma omp for")
+                       if "tmp_acc0_vec" in part]
+        if rows == 8:
+            batched = out
+    alone = torch.cat([torch.compile(block, dynamic=False, options=options)(x[i:i + 1]) for i in range(8)])
+    assert torch.equal(batched, alone)
+    assert torch.allclose(batched, x[..., :96] + F.linear(norm(x), layer.weight), rtol=1e-5, atol=1e-5)
+    assert 32 in loops[8] and 4 in loops[1]  # the product: 8 rows x 4 parts in one loop; one row, its 4 parts
+    assert torch.equal(layer(x), nn.Linear.forward(layer, x))  # uncompiled: torch's linear
+
+
 def test_routing_follows_the_cpu_vendor(monkeypatch):
     """Which products take the kernel by CPU vendor (session 19's Intel measurements, the AMD table otherwise):
     on Intel up to 8 int8 rows of at most 4096 in_features and 8 x 3072 elements; elsewhere 2 rows of 4096
-    elements; float32 4 rows anywhere. Each call returns fresh dicts."""
+    elements; in compiled code float32 and bfloat16 8 rows (of 8 x 3072 elements for bfloat16) on Intel (session
+    20), float32 4 elsewhere. Each call returns fresh dicts."""
     assert gemv.default_routing(gemv.cpu_vendor()) == (gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN)
 
     def routed(routing, rows, width, dtype=torch.int8):
@@ -174,8 +219,16 @@ def test_routing_follows_the_cpu_vendor(monkeypatch):
         True, True, False, False, True]
     assert [routed(other, r, w) for r, w in ((8, 1024), (2, 2048), (3, 1024), (1, 4096), (2, 3072))] == [
         False, True, False, True, False]
-    for routing in (intel, other):
+    for routing in (intel, other):  # uncompiled products: float32 up to 4 rows, bfloat16 2 (``EAGER_MAX_ROWS``)
         assert routed(routing, 4, 8192, torch.float32) and not routed(routing, 5, 64, torch.float32)
+        assert routed(routing, 2, 1024, torch.bfloat16) and not routed(routing, 3, 64, torch.bfloat16)
+    for routing, rows in ((intel, 8), (other, 4)):  # compiled products
+        for name, table in zip(("MAX_ROWS", "MAX_WIDTH", "MAX_IN"), routing, strict=True):
+            monkeypatch.setattr(gemv, name, table)
+        assert gemv.max_rows(torch.float32, compiling=True) == rows
+    assert intel[0][torch.bfloat16] == 8 and intel[1][torch.bfloat16] == 8 * 3072
+    assert gemv.accumulators(torch.bfloat16) == gemv.accumulators(torch.float32) == 32
+    assert gemv.accumulators(torch.int8) == gemv.accumulators(torch.float16) == 16
     intel[0][torch.int8] = 1
     assert gemv.default_routing("GenuineIntel")[0][torch.int8] == 8
 

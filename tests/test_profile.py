@@ -90,6 +90,8 @@ def test_suite_quick_smoke(tmp_path):
     d = entry["derived"]
     assert d["floor_ms"] == pytest.approx(1000 * w["total"] / result["bandwidth"]["bytes_per_s"])
     assert set(entry["runner"]) == {"1", "2"} and entry["runner"]["2"]["live"] == 2
+    rounds = suite.BATCH_ROUNDS  # batch sizes in alternating rounds, each a share of the frames
+    assert all(r["rounds"] == rounds and r["frames"] == rounds * -(-4 // rounds) for r in entry["runner"].values())
     assert result["targets"] == []  # the issue's targets are for the released shapes only
     if official and real_tokenizer_dir() is not None:  # parity needs the real Qwen tokenizer (as test_parity)
         assert entry["codes_vs_official"] == "identical"
@@ -117,8 +119,9 @@ def test_profile_reports_the_accelerated_runner_step(tiny_checkpoints, tmp_path,
 def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys, keep_threads):
     """``bench/frame_ab.py``: two configurations in one process, one row per round with both times and their
     ratio; a side's ``@streams=N`` / ``@fma=off`` / ``@opt=NAME:VALUE`` / ``@threads=N`` / ``@min-weights=N`` /
-    ``@region-blocks=N`` / ``@routing=intel|other`` hold while that side runs and only then; ``@batch=B`` steps B
-    streams (and the report adds frames per second)."""
+    ``@region-blocks=N`` / ``@routing=intel|other`` / ``@max-rows=N`` / ``@max-width=N`` / ``@accumulators=N``
+    hold while that side runs and only then; ``@batch=B`` steps B streams (and the report adds frames per
+    second)."""
     from qtts import gemv
 
     spec = importlib.util.spec_from_file_location("bench_frame_ab", REPO / "bench" / "frame_ab.py")
@@ -164,6 +167,17 @@ def test_frame_ab_measures_both_sides_in_turn(tiny_checkpoints, capsys, keep_thr
         with side.active():
             assert gemv.default_routing(vendor) == (gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN)
         assert routing == (gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN)
+    accumulators = dict(gemv.ACCUMULATORS)
+    side = module.Side("int8:eager@max-rows=3@routing=other@accumulators=24@max-width=99",
+                       str(tiny_checkpoints["custom_voice"]))
+    with side.active():
+        other = gemv.default_routing("")
+        assert ({**other[0], torch.int8: 3}, {**other[1], torch.int8: 99}, other[2]) == (
+            gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN)
+        assert gemv.accumulators(torch.int8) == 24 and {**accumulators, torch.int8: 24} == gemv.ACCUMULATORS
+    assert routing == (gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN) and accumulators == gemv.ACCUMULATORS
+    with pytest.raises(SystemExit, match="@max-rows=N with N a whole number"):
+        module.Side("float32:eager@max-rows=0", str(tiny_checkpoints["custom_voice"]))
     with pytest.raises(SystemExit, match=re.escape("@streams=N, @routing=intel|other, @batch=B, @threads=N")):
         module.Side("float32:eager@cores=3", str(tiny_checkpoints["custom_voice"]))
     with pytest.raises(SystemExit, match="unknown configuration suffix 'routing=amd'"):
