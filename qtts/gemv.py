@@ -211,13 +211,16 @@ MIN_WEIGHTS = 1 << 18
 #   Two rows is the code predictor's first step of every frame; four and eight, batches of streams.
 # - ``MAX_WIDTH``: most activation elements (rows x in_features) per call for the narrower weight dtypes: beyond
 #   these the kernel lost to torch's kernels (AMD: int8 1 row of 6144 took 3.8x int8pack's time, 2 rows of 3072
-#   1.5x; bfloat16: 2 rows of 6144 1.8x linear). float32 won or tied at every measured width.
+#   1.5x; bfloat16: 2 rows of 6144 1.8x linear). float32 won or tied at every measured width there. On the Intel
+#   VM (session 20) 8 float32 rows of 6144 (1.7b's down projection) read 8.7 GB/s in the kernel against oneDNN's
+#   19.4 (the rows no longer fit the L1 cache), and the 1.7b suite's 8 float32 streams fell from 5.05 x one to
+#   4.48 x: float32 takes at most 8 x 3072 elements there (the 0.6b's rows all fit; one to four rows of 6144 too).
 # - ``MAX_IN``: longest row (in_features) per dtype: on the Intel VM int8pack won at 6144 (1.7b's down
 #   projection, ``bench/int8_products.py``) for 1 row (27.6 against 15.3 GB/s) and 8 rows (7.6 against 2.5).
 MAX_ROWS_BY_VENDOR = {"GenuineIntel": {torch.float32: 8, torch.bfloat16: 8, torch.int8: 8},
                       "": {torch.float32: 4}}
 MAX_WIDTH_BY_VENDOR = {
-    "GenuineIntel": {torch.int8: 8 * 3072, torch.bfloat16: 8 * 3072},
+    "GenuineIntel": {torch.float32: 8 * 3072, torch.int8: 8 * 3072, torch.bfloat16: 8 * 3072},
     "": {torch.int8: 4096, torch.bfloat16: 8192},
 }
 MAX_IN_BY_VENDOR = {"GenuineIntel": {torch.int8: 4096}, "": {}}

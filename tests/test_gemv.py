@@ -204,8 +204,8 @@ def test_eight_float32_rows_take_the_kernel_in_compiled_regions_only(monkeypatch
 def test_routing_follows_the_cpu_vendor(monkeypatch):
     """Which products take the kernel by CPU vendor (session 19's Intel measurements, the AMD table otherwise):
     on Intel up to 8 int8 rows of at most 4096 in_features and 8 x 3072 elements; elsewhere 2 rows of 4096
-    elements; in compiled code float32 and bfloat16 8 rows (of 8 x 3072 elements for bfloat16) on Intel (session
-    20), float32 4 elsewhere. Each call returns fresh dicts."""
+    elements; in compiled code float32 and bfloat16 8 rows of 8 x 3072 elements on Intel (session 20), float32 4
+    rows of any width elsewhere. Each call returns fresh dicts."""
     assert gemv.default_routing(gemv.cpu_vendor()) == (gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN)
 
     def routed(routing, rows, width, dtype=torch.int8):
@@ -220,13 +220,15 @@ def test_routing_follows_the_cpu_vendor(monkeypatch):
     assert [routed(other, r, w) for r, w in ((8, 1024), (2, 2048), (3, 1024), (1, 4096), (2, 3072))] == [
         False, True, False, True, False]
     for routing in (intel, other):  # uncompiled products: float32 up to 4 rows, bfloat16 2 (``EAGER_MAX_ROWS``)
-        assert routed(routing, 4, 8192, torch.float32) and not routed(routing, 5, 64, torch.float32)
+        assert routed(routing, 4, 6144, torch.float32) and not routed(routing, 5, 64, torch.float32)
         assert routed(routing, 2, 1024, torch.bfloat16) and not routed(routing, 3, 64, torch.bfloat16)
     for routing, rows in ((intel, 8), (other, 4)):  # compiled products
         for name, table in zip(("MAX_ROWS", "MAX_WIDTH", "MAX_IN"), routing, strict=True):
             monkeypatch.setattr(gemv, name, table)
         assert gemv.max_rows(torch.float32, compiling=True) == rows
-    assert intel[0][torch.bfloat16] == 8 and intel[1][torch.bfloat16] == 8 * 3072
+    assert intel[0][torch.bfloat16] == 8 and intel[1][torch.bfloat16] == intel[1][torch.float32] == 8 * 3072
+    assert torch.float32 not in other[1] and routed(other, 4, 8192, torch.float32)
+    assert not routed(intel, 4, 8192, torch.float32)  # 4 rows of 8192: more than 8 x 3072 elements
     assert gemv.accumulators(torch.bfloat16) == gemv.accumulators(torch.float32) == 32
     assert gemv.accumulators(torch.int8) == gemv.accumulators(torch.float16) == 16
     intel[0][torch.int8] = 1
