@@ -207,9 +207,9 @@ MIN_WEIGHTS = 1 << 18
 #   37.9-39.3 against 42.2 ms) and in the frame took an 8-stream step from 370.3 to 344.5 ms (every round faster).
 #   bfloat16 too (session 20): 20 MLP blocks of 8 rows 46.4 against oneDNN's 52.6 ms, 4 rows 31.3 against 36.9;
 #   8 streams stepped 324.7 -> 309.2 ms with 16 accumulators (0.955, every round faster), then 0.963 x that with 32
-#   (the bfloat16 rows of 8 x 3072 elements (``MAX_WIDTH``) included; 1.7b's rows of 6144 not measured).
+#   (rows of up to 8 x 3072 elements, ``MAX_WIDTH``); at 1.7b 8 bfloat16 streams made 4.39 x one (4.24 x before).
 #   Two rows is the code predictor's first step of every frame; four and eight, batches of streams.
-# - ``MAX_WIDTH``: most activation elements (rows x in_features) per call for the narrower weight dtypes: beyond
+# - ``MAX_WIDTH``: most activation elements (rows x in_features) per call (dtypes not listed: no limit): beyond
 #   these the kernel lost to torch's kernels (AMD: int8 1 row of 6144 took 3.8x int8pack's time, 2 rows of 3072
 #   1.5x; bfloat16: 2 rows of 6144 1.8x linear). float32 won or tied at every measured width there. On the Intel
 #   VM (session 20) 8 float32 rows of 6144 (1.7b's down projection) read 8.7 GB/s in the kernel against oneDNN's
@@ -279,17 +279,18 @@ def cuda_rows(rows: int, compiling: bool) -> bool:
     return compiling and 1 <= rows <= CUDA_MAX_ROWS
 
 
-def _routed_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the product of ``x [..., K]`` with ``weight`` goes through the kernel."""
+def _routed_rows(x: torch.Tensor, weight: torch.Tensor, compiling: bool = False) -> bool:
+    """Whether the product of ``x [..., K]`` with ``weight`` goes through the kernel, inside compiled code
+    (``compiling``) or outside it."""
     if weight.numel() < MIN_WEIGHTS or x.shape[-1] == 0:
         return False
     rows = x.numel() // x.shape[-1]
     if x.is_cuda and weight.is_cuda:
-        return cuda_rows(rows, torch.compiler.is_compiling())
+        return cuda_rows(rows, compiling)
     if not (x.is_cpu and weight.is_cpu):
         return False
     width, longest = MAX_WIDTH.get(weight.dtype), MAX_IN.get(weight.dtype)
-    return (1 <= rows <= max_rows(weight.dtype, torch.compiler.is_compiling())
+    return (1 <= rows <= max_rows(weight.dtype, compiling)
             and (width is None or x.numel() <= width) and (longest is None or x.shape[-1] <= longest))
 
 
@@ -301,7 +302,8 @@ def _routed_forward(self: nn.Linear | Int8Linear, x: torch.Tensor) -> torch.Tens
     int8 = isinstance(self, Int8Linear)
     weight = self.weight_int8 if int8 else self.weight
     compiling = torch.compiler.is_compiling()
-    if not (self.__dict__.get("row_kernels") and _routed_rows(x, weight) and (compiling or _kernels().check())):
+    routed = self.__dict__.get("row_kernels") and _routed_rows(x, weight, compiling)
+    if not (routed and (compiling or _kernels().check())):
         if not int8 and self.__dict__.get("packed"):
             return packed.linear(x, weight, self.bias)
         return (Int8Linear if int8 else nn.Linear).forward(self, x)

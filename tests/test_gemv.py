@@ -310,7 +310,8 @@ def test_unbuildable_kernels_warn_once_and_fall_back(monkeypatch):
 
 def test_wide_int8_and_bfloat16_products_keep_torch_kernels(monkeypatch):
     """Past ``MAX_WIDTH`` activation elements per call the kernel loses to torch's (int8: one 6144-wide row took
-    3.8x int8pack's time): those products keep the layer's own forward; float32 has no such limit."""
+    3.8x int8pack's time): those products keep the layer's own forward; a dtype the table does not list (here
+    float32) has no such limit."""
     monkeypatch.setattr(gemv, "MAX_WIDTH", {torch.int8: 96, torch.bfloat16: 96})
     monkeypatch.setattr(gemv, "_kernels", lambda: pytest.fail("a too-wide product reached the row kernel"))
     int8 = Int8Linear.from_linear(nn.Linear(64, 8), kernel="dequant")
@@ -320,7 +321,7 @@ def test_wide_int8_and_bfloat16_products_keep_torch_kernels(monkeypatch):
         gemv.use_row_kernels_(layer, True)
         assert torch.equal(layer(x), expected)  # 2 x 64 = 128 > 96
     assert gemv._routed_rows(torch.randn(1, 64), int8.weight_int8)  # 64 <= 96: routed
-    assert gemv._routed_rows(torch.randn(3, 2048), torch.zeros(8, 2048))  # float32: any width
+    assert gemv._routed_rows(torch.randn(3, 2048), torch.zeros(8, 2048))  # float32, not listed: any width
 
 
 def test_small_matrices_keep_linear(monkeypatch):
