@@ -208,7 +208,10 @@ MIN_WEIGHTS = 1 << 18
 #   bfloat16 too (session 20): 20 MLP blocks of 8 rows 46.4 against oneDNN's 52.6 ms, 4 rows 31.3 against 36.9;
 #   8 streams stepped 324.7 -> 309.2 ms with 16 accumulators (0.955, every round faster), then 0.963 x that with 32
 #   (rows of up to 8 x 3072 elements, ``MAX_WIDTH``); at 1.7b 8 bfloat16 streams made 4.39 x one (4.24 x before).
-#   Two rows is the code predictor's first step of every frame; four and eight, batches of streams.
+#   Two rows is the code predictor's first step of every frame; four and eight, batches of streams. int8 takes up
+#   to 16 rows there (session 21): the code predictor's first step of 8 streams (2 rows each) had been int8pack's,
+#   ~12 % of an 8-stream int8 step; through the kernel (16 rows x 1 weight part per loop) the step took 217.1 ->
+#   207.8 ms (0.958, 7 of 8 rounds faster).
 # - ``MAX_WIDTH``: most activation elements (rows x in_features) per call (dtypes not listed: no limit): beyond
 #   these the kernel lost to torch's kernels (AMD: int8 1 row of 6144 took 3.8x int8pack's time, 2 rows of 3072
 #   1.5x; bfloat16: 2 rows of 6144 1.8x linear). float32 won or tied at every measured width there. On the Intel
@@ -217,10 +220,10 @@ MIN_WEIGHTS = 1 << 18
 #   4.48 x: float32 takes at most 8 x 3072 elements there (the 0.6b's rows all fit; one to four rows of 6144 too).
 # - ``MAX_IN``: longest row (in_features) per dtype: on the Intel VM int8pack won at 6144 (1.7b's down
 #   projection, ``bench/int8_products.py``) for 1 row (27.6 against 15.3 GB/s) and 8 rows (7.6 against 2.5).
-MAX_ROWS_BY_VENDOR = {"GenuineIntel": {torch.float32: 8, torch.bfloat16: 8, torch.int8: 8},
+MAX_ROWS_BY_VENDOR = {"GenuineIntel": {torch.float32: 8, torch.bfloat16: 8, torch.int8: 16},
                       "": {torch.float32: 4}}
 MAX_WIDTH_BY_VENDOR = {
-    "GenuineIntel": {torch.float32: 8 * 3072, torch.int8: 8 * 3072, torch.bfloat16: 8 * 3072},
+    "GenuineIntel": {torch.float32: 8 * 3072, torch.int8: 16 * 3072, torch.bfloat16: 8 * 3072},
     "": {torch.int8: 4096, torch.bfloat16: 8192},
 }
 MAX_IN_BY_VENDOR = {"GenuineIntel": {torch.int8: 4096}, "": {}}
@@ -228,9 +231,9 @@ MAX_ROWS_OTHER = 2
 # Outside compiled code a product takes the standalone kernel (dynamic shapes, inductor's default options), which
 # for float32 loses beyond 4 rows: 8 rows of the 0.6b's layer shapes 39.3 ms against oneDNN's packed 27.2 ms (32
 # products, session 20), where inside a compiled region 8 rows win. So uncompiled products of more rows than this
-# keep torch's kernels (int8 8 rows: the standalone kernel 44.4 ms against int8pack's 54.9, not limited; bfloat16
-# keeps the 2 rows it had before session 20, unmeasured beyond).
-EAGER_MAX_ROWS = {torch.float32: 4, torch.bfloat16: MAX_ROWS_OTHER}
+# keep torch's kernels (int8 8 rows: the standalone kernel 44.4 ms against int8pack's 54.9; 16 rows of 3072 lost,
+# 3.2 against 4.0 GB/s, so 8; bfloat16 keeps the 2 rows it had before session 20, unmeasured beyond).
+EAGER_MAX_ROWS = {torch.float32: 4, torch.bfloat16: MAX_ROWS_OTHER, torch.int8: 8}
 
 
 def default_routing(vendor: str) -> tuple[dict[torch.dtype, int], dict[torch.dtype, int], dict[torch.dtype, int]]:

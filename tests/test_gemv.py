@@ -59,7 +59,7 @@ def test_int8_row_product_matches_the_dequantized_product():
     two = torch.cat([x, -x])  # the predictor's first step: through the kernel, each row as if alone
     assert torch.equal(layer(two), torch.cat([layer(x), layer(-x)]))
     assert torch.allclose(layer(two), F.linear(two, layer.dequantized()) + layer.bias, rtol=1e-5, atol=1e-5)
-    few = gemv.max_rows(torch.int8, compiling=False)  # 8 on Intel CPUs, else 2
+    few = gemv.max_rows(torch.int8, compiling=False)  # 8 on Intel CPUs (16 in compiled code), else 2
     rows = torch.randn(few, 96)
     assert torch.equal(layer(rows), torch.cat([layer(rows[i:i + 1]) for i in range(few)]))
     more = torch.randn(few + 1, 96)
@@ -68,8 +68,8 @@ def test_int8_row_product_matches_the_dequantized_product():
 
 @pytest.fixture
 def intel_int8_routing(monkeypatch):
-    """An Intel CPU's routing (``gemv.default_routing("GenuineIntel")``: up to 8 int8 rows through the kernel) and
-    4 int8 weight streams, whatever CPU runs the test."""
+    """An Intel CPU's routing (``gemv.default_routing("GenuineIntel")``: up to 8 int8 rows through the kernel, 16 in
+    compiled code) and 4 int8 weight streams, whatever CPU runs the test."""
     for name, table in zip(("MAX_ROWS", "MAX_WIDTH", "MAX_IN"), gemv.default_routing("GenuineIntel"), strict=True):
         monkeypatch.setattr(gemv, name, table)
     monkeypatch.setattr(gemv, "STREAMS", {torch.int8: 4})
@@ -95,6 +95,33 @@ def test_eight_int8_rows_go_through_the_kernel_on_intel_each_row_as_if_alone(int
     torch._dynamo.reset()
     _, code = run_and_get_code(torch.compile(gemv._row_int8), x, layer.weight_int8, layer.scales)
     assert len(set(re.findall(r"tmp_acc\d+_vec", "\n".join(code)))) == 16  # 8 rows x 2 parts, one loop
+
+
+@needs_kernels
+def test_sixteen_int8_rows_take_the_kernel_in_compiled_code_only(intel_int8_routing):
+    """On Intel CPUs compiled code sends up to 16 int8 rows through the kernel (8 streams' code predictor first
+    step: 2 rows each), one weight part per row (16 accumulators in one loop), each row as if alone; 17 rows, and
+    more than 8 outside compiled code, keep the layer's own product."""
+    from torch._inductor.utils import run_and_get_code
+
+    from qtts import accel
+
+    torch.manual_seed(7)
+    layer = Int8Linear.from_linear(nn.Linear(256, 96, bias=False), kernel="dequant")
+    gemv.use_row_kernels_(layer, True)
+    x = torch.randn(17, 256)
+    options = accel.region_compile_options("cpu", torch.int8)
+    torch._dynamo.reset()
+    got, code = run_and_get_code(torch.compile(layer, dynamic=False, options=options), x[:16])
+    assert len(set(re.findall(r"tmp_acc\d+_vec", "\n".join(code)))) == 16  # 16 rows x 1 part, one loop
+    alone = torch.cat([torch.compile(layer, dynamic=False, options=options)(x[i:i + 1]) for i in range(16)])
+    assert torch.equal(got, alone)
+    assert torch.allclose(got, F.linear(x[:16], layer.dequantized()), rtol=1e-5, atol=1e-5)
+    assert not torch.equal(got, Int8Linear.forward(layer, x[:16]))  # really the kernel
+    torch._dynamo.reset()
+    _, code = run_and_get_code(torch.compile(layer, dynamic=False, options=options), x)
+    assert "tmp_acc0_vec" not in "\n".join(code)  # 17 rows: the layer's own product
+    assert torch.equal(layer(x[:9]), Int8Linear.forward(layer, x[:9]))  # uncompiled: at most 8 rows
 
 
 @needs_kernels
@@ -203,22 +230,26 @@ def test_eight_float32_rows_take_the_kernel_in_compiled_regions_only(monkeypatch
 
 def test_routing_follows_the_cpu_vendor(monkeypatch):
     """Which products take the kernel by CPU vendor (session 19's Intel measurements, the AMD table otherwise):
-    on Intel up to 8 int8 rows of at most 4096 in_features and 8 x 3072 elements; elsewhere 2 rows of 4096
-    elements; in compiled code float32 and bfloat16 8 rows of 8 x 3072 elements on Intel (session 20), float32 4
-    rows of any width elsewhere. Each call returns fresh dicts."""
+    on Intel up to 8 int8 rows of at most 4096 in_features and 8 x 3072 elements, in compiled code 16 rows of 16 x
+    3072 elements (session 21: 8 streams' code predictor first step); elsewhere 2 rows of 4096 elements; in
+    compiled code float32 and bfloat16 8 rows of 8 x 3072 elements on Intel (session 20), float32 4 rows of any
+    width elsewhere. Each call returns fresh dicts."""
     assert gemv.default_routing(gemv.cpu_vendor()) == (gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN)
 
-    def routed(routing, rows, width, dtype=torch.int8):
+    def routed(routing, rows, width, dtype=torch.int8, compiling=False):
         for name, table in zip(("MAX_ROWS", "MAX_WIDTH", "MAX_IN"), routing, strict=True):
             monkeypatch.setattr(gemv, name, table)
-        return gemv._routed_rows(torch.zeros(rows, width), torch.zeros(8, width, dtype=dtype))
+        return gemv._routed_rows(torch.zeros(rows, width), torch.zeros(8, width, dtype=dtype), compiling)
 
     intel, other = gemv.default_routing("GenuineIntel"), gemv.default_routing("AuthenticAMD")
     assert other == gemv.default_routing("") and intel != other
     assert [routed(intel, r, w) for r, w in ((8, 1024), (8, 3072), (9, 1024), (1, 6144), (2, 4096))] == [
         True, True, False, False, True]
+    assert [routed(intel, r, w, compiling=True) for r, w in ((16, 3072), (17, 1024), (16, 4096), (8, 6144))] == [
+        True, False, False, False]
     assert [routed(other, r, w) for r, w in ((8, 1024), (2, 2048), (3, 1024), (1, 4096), (2, 3072))] == [
         False, True, False, True, False]
+    assert not routed(other, 3, 1024, compiling=True)
     for routing in (intel, other):  # uncompiled products: float32 up to 4 rows, bfloat16 2 (``EAGER_MAX_ROWS``)
         assert routed(routing, 4, 6144, torch.float32) and not routed(routing, 5, 64, torch.float32)
         assert routed(routing, 2, 1024, torch.bfloat16) and not routed(routing, 3, 64, torch.bfloat16)
@@ -232,7 +263,7 @@ def test_routing_follows_the_cpu_vendor(monkeypatch):
     assert gemv.accumulators(torch.bfloat16) == gemv.accumulators(torch.float32) == 32
     assert gemv.accumulators(torch.int8) == gemv.accumulators(torch.float16) == 16
     intel[0][torch.int8] = 1
-    assert gemv.default_routing("GenuineIntel")[0][torch.int8] == 8
+    assert gemv.default_routing("GenuineIntel")[0][torch.int8] == 16
 
 
 def test_weight_streams_follow_the_cpu_vendor():
