@@ -1,7 +1,7 @@
 """Server under concurrent load: aggregate audio throughput and time to first audio vs sequential requests.
 
     python bench/server_load.py [--checkpoint PATH] [--concurrency 1 4 8 16] [--frames N] [--threads N] [--accel A]
-                                [--repeats R] [--repeats-max R] [--out FILE] [--quick]
+                                [--dtype D] [--quantize int8] [--repeats R] [--repeats-max R] [--out FILE] [--quick]
 
 Starts the real server (``create_app`` under uvicorn, in a thread of this process, on a free 127.0.0.1 port)
 with ``max_batch`` = the largest concurrency, then for each repeat:
@@ -70,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--voice", default="ryan")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--accel", default=None, help="the server's --accel (default auto: eager on CPU)")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="the server's --quantize (default: none)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--quick", action="store_true", help="smoke run: concurrency 1 2 4, 4 frames, 1 repeat")
@@ -244,7 +245,8 @@ def machine_info(args: argparse.Namespace) -> dict:
 def print_table(result: dict) -> None:
     cfg, m = result["config"], result["machine"]
     gpu = f" ({m['gpu']}, peak {m['gpu_peak_allocated_gb']} GB)" if "gpu" in m else ""
-    print(f"\n{cfg['checkpoint']}  {cfg['dtype']} {cfg['device']}{gpu}  torch threads {m['torch_threads']}  "
+    weights = f" {cfg['quantize']} weights" if cfg.get("quantize") else ""
+    print(f"\n{cfg['checkpoint']}  {cfg['dtype']}{weights} {cfg['device']}{gpu}  torch threads {m['torch_threads']}  "
           f"{cfg['frames']} frames/request  max_batch {cfg['max_batch']}  load avg {m['loadavg_start'][0]:.2f}"
           f" -> {m['loadavg_end'][0]:.2f}")
     head = ("| streams | requests | audio s / wall s (conc) | (seq) | speedup | TTFA p50 conc | TTFA p95 conc "
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     levels, top = args.concurrency, max(args.concurrency)
     settings = ServerSettings(model=args.checkpoint, device=args.device, dtype=args.dtype, max_batch=top,
                               max_waiting=4 * top, wait_timeout=900.0, data_dir=Path("/tmp/qtts-bench-voices"),
-                              accel=args.accel)
+                              accel=args.accel, quantize=args.quantize)
     info = machine_info(args)
     t_load = time.perf_counter()
     with running_server(settings) as (url, app):

@@ -320,3 +320,27 @@ def test_int8_products_reports_speed_and_error_per_kernel(capsys, keep_threads, 
             assert 3e-3 < gauss < spiky < 0.5
     with pytest.raises(SystemExit, match="unknown shape"):
         module.main(["--shapes", "0.6b qq"])
+
+
+def test_server_load_quick_serves_int8_weights(tiny_checkpoints, monkeypatch, capsys, keep_threads):
+    """``bench/server_load.py --quantize int8``: the real server loads int8 weights, every concurrent request's
+    PCM equals its sequential run, and the report names the weights."""
+    spec = importlib.util.spec_from_file_location("bench_server_load", REPO / "bench" / "server_load.py")
+    server_load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(server_load)
+    apps = []
+
+    def recording_create_app(*args, **kwargs):
+        apps.append(server_load_create_app(*args, **kwargs))
+        return apps[-1]
+
+    server_load_create_app = server_load.create_app
+    monkeypatch.setattr(server_load, "create_app", recording_create_app)
+    result = server_load.main(["--quick", "--checkpoint", str(tiny_checkpoints["custom_voice"]), "--quantize",
+                               "int8", "--concurrency", "1", "2"])
+    assert result["config"]["quantize"] == "int8"
+    assert apps and apps[0].state.qtts.tts.quantization is not None
+    checks = result["checks"]
+    assert checks["compared"] >= 3 and checks["length_mismatch"] == 0 and checks["max_abs_diff_int16"] == 0
+    assert all(row[k]["failed"] == 0 for row in result["levels"].values() for k in ("concurrent", "sequential"))
+    assert "float32 int8 weights cpu" in capsys.readouterr().out
