@@ -344,3 +344,19 @@ def test_server_load_quick_serves_int8_weights(tiny_checkpoints, monkeypatch, ca
     assert checks["compared"] >= 3 and checks["length_mismatch"] == 0 and checks["max_abs_diff_int16"] == 0
     assert all(row[k]["failed"] == 0 for row in result["levels"].values() for k in ("concurrent", "sequential"))
     assert "float32 int8 weights cpu" in capsys.readouterr().out
+
+
+def test_snake_ab_times_both_sides_and_checks_the_pcm(tiny_checkpoints, capsys, keep_threads):
+    """``bench/snake_ab.py`` on a tiny checkpoint: both sides timed per chunk size, the PCM identical, and the
+    library's ``SnakeBeta.forward`` restored afterwards."""
+    from qtts.codec import decoder as codec_decoder
+
+    spec = importlib.util.spec_from_file_location("bench_snake_ab", REPO / "bench" / "snake_ab.py")
+    snake_ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(snake_ab)
+    forward = codec_decoder.SnakeBeta.forward
+    results = snake_ab.main(["--checkpoint", str(tiny_checkpoints["custom_voice"]), "--chunks", "1,3",
+                             "--rounds", "2", "--calls", "1", "--threads", "1"])
+    assert set(results) == {1, 3} and all(r["identical"] and len(r["a_ms"]) == 2 for r in results.values())
+    assert codec_decoder.SnakeBeta.forward is forward
+    assert "| 3 |" in capsys.readouterr().out
