@@ -328,13 +328,12 @@ def test_server_load_quick_serves_int8_weights(tiny_checkpoints, monkeypatch, ca
     spec = importlib.util.spec_from_file_location("bench_server_load", REPO / "bench" / "server_load.py")
     server_load = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(server_load)
-    apps = []
+    apps, create_app = [], server_load.create_app
 
     def recording_create_app(*args, **kwargs):
-        apps.append(server_load_create_app(*args, **kwargs))
+        apps.append(create_app(*args, **kwargs))
         return apps[-1]
 
-    server_load_create_app = server_load.create_app
     monkeypatch.setattr(server_load, "create_app", recording_create_app)
     result = server_load.main(["--quick", "--checkpoint", str(tiny_checkpoints["custom_voice"]), "--quantize",
                                "int8", "--concurrency", "1", "2"])
