@@ -47,8 +47,9 @@ class AccelOptions:
     """``compile``: ``torch.compile`` the frame step; ``cuda_graphs``: capture it in CUDA graphs (CUDA only);
     ``max_frames``: cache slots preallocated per stream when shapes are static (prompt + generated frames);
     ``row_kernels``: CPU products of a few activation rows (``qtts.gemv.MAX_ROWS``: 1-2, float32 1-4, on Intel
-    CPUs int8 1-8 and in compiled regions float32 and bfloat16 1-8) as a compiled reduction that reads the
-    weights once (a single stream's frame on CPU, and batches on Intel CPUs; independent of ``compile``);
+    CPUs int8 1-8, and in compiled regions int8 1-16, float32 and bfloat16 1-8) as a compiled reduction that
+    reads the weights once (a single stream's frame on CPU, and batches on Intel CPUs; independent of
+    ``compile``);
     ``fused``: each block's q/k/v and gate/up projections as one product each (4 products per block instead of
     7; ``qtts.model.fuse``; fewer kernels for a GPU; on CPU no gain for one stream under ``compile``, 6-8 %
     faster for 8 streams with ``packed``);
@@ -207,9 +208,9 @@ CPU_HOST_OPTIONS: dict[str, object] = {"size_asserts": False, "alignment_asserts
 # their values stay those of inductor's default code, bit for bit).
 CPU_COMPILE_OPTIONS: dict[str, object] = {**CPU_FMA_OPTIONS, **CPU_HOST_OPTIONS}
 # Added for the regions of a model whose batches of streams take the row kernels on CPU (``gemv.takes_batches``:
-# on the Intel VM up to 8 rows of every weight dtype; ``CPU_COMPILE_OPTIONS`` win where both set a key), with inductor's
-# ``cpp.max_horizontal_fusion_size`` raised to the weight dtype's ``gemv.accumulators`` where that is more than
-# inductor's 16, so that a product's reductions (rows x weight streams) share one loop.
+# on the Intel VM up to 8 rows of every weight dtype, 16 of int8; ``CPU_COMPILE_OPTIONS`` win where both set a key),
+# with inductor's ``cpp.max_horizontal_fusion_size`` raised to the weight dtype's ``gemv.accumulators`` where that
+# is more than inductor's 16, so that a product's reductions (rows x weight streams) share one loop.
 # ``realize_reads_threshold`` 1 (inductor's default 4): every computed buffer read by another kernel is stored once.
 # By default inductor recomputes a cheap element-wise producer inside its consumer's loop: the normed activation
 # (``x * rstd * weight``) inside every row kernel's reduction, once per row and loop step, and a batch's row kernels

@@ -9,8 +9,8 @@ element-wise multiply and a row sum with float32 accumulation, compiled by ``tor
 one vectorised reduction loop), streams at ~20 GB/s in every dtype and reads the weights once for a few rows
 (``bench/row_kernels.py``). Beyond ``MAX_ROWS`` rows it becomes compute-bound and ``linear`` keeps those.
 On Intel CPUs batches of up to 8 rows take it too: int8 (the kernel converts each weight once for all rows and
-beats ``torch._weight_int8pack_mm``), and inside compiled regions float32 and bfloat16 (one loop of 32
-accumulators beats oneDNN there): see ``MAX_ROWS_BY_VENDOR`` and ``ACCUMULATORS``.
+beats ``torch._weight_int8pack_mm``; up to 16 rows inside compiled regions), and inside compiled regions float32
+and bfloat16 (one loop of 32 accumulators beats oneDNN there): see ``MAX_ROWS_BY_VENDOR`` and ``ACCUMULATORS``.
 
 The kernel sums in a different order than the BLAS ``linear``, so results differ in the last bits (float32:
 ~1e-6 relative) and greedy codes can part from the eager reference at near-ties; the eager path, which
