@@ -20,7 +20,8 @@ A configuration is ``dtype:accel`` (as in ``frame_rounds.py``: dtype float32, bf
   dtype take the row kernels (``qtts.gemv.MAX_ROWS`` / ``MAX_WIDTH``; after any ``@routing``);
 - ``@accumulators=N``: the row kernels' most accumulators (rows x weight streams) per loop for its weight dtype
   (``qtts.gemv.ACCUMULATORS``; regions take the fusion size to match: ``accel.region_compile_options``);
-- ``@fma=off``: its compiled regions without FMA contraction (``qtts.accel.CPU_FMA_OPTIONS``);
+- ``@fma=off`` / ``@fma=on``: its compiled regions without / with FMA contraction (``qtts.accel.CPU_FMA_OPTIONS``,
+  as ``qtts.accel.cpu_fma_options`` resolves it; on by default);
 - ``@opt=NAME:VALUE``: an integer or true/false inductor option in its compiled regions, e.g.
   ``@opt=realize_reads_threshold:1``;
 - ``@batch=B``: the step of B live streams instead of one (the report then adds frames per second,

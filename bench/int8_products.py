@@ -70,7 +70,7 @@ def products(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, copies: lis
     """Per contender, a callable multiplying ``x [R, K]`` (float32) by every int8 weight in ``copies`` (each
     ``[N, K]``, equal to ``q``, per-output ``scales [N]``) -> a list of ``[R, N]`` float32 products."""
     kernels = gemv._kernels()
-    static = torch.compile(gemv._row_int8, dynamic=False, options=dict(accel.CPU_COMPILE_OPTIONS))
+    static = torch.compile(gemv._row_int8, dynamic=False, options=accel.region_compile_options("cpu"))
     xb, sb = x.to(torch.bfloat16), scales.to(torch.bfloat16)
     transposed = [c.t() for c in copies]  # [K, N] views: _int_mm's right operand
 

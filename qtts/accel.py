@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import sys
 import time
 from collections.abc import Iterator
 
@@ -194,7 +195,44 @@ CUDA_COMPILE_OPTIONS: dict[str, object] = {}
 # separate multiplies and adds in the last bits, as the row kernels' already do from torch's ``linear``; rows stay
 # independent at the regions' static shapes (tested; ``qtts.gemv`` 's standalone kernel, compiled for dynamic
 # shapes, keeps the defaults: there contraction parts float32 rows).
+# gcc's tuning for some CPUs (``-march=native``) avoids chains of FMAs in a loop whose sum has one chain and makes
+# them where it has several: on the AMD EPYC Zen 3 VM of session 22 (AVX2, gcc 12) a row alone was summed with
+# separate multiplies and adds and the same row in a loop of two rows with FMAs, so batched streams parted from
+# single-stream values in the last bits. With gcc the regions therefore also pass ``--param=avoid-fma-max-bits=0``
+# (``GCC_FMA_PARAM``, through the contraction option's value: inductor splits its command line on spaces), so every
+# such loop contracts. On that VM (``bench/frame_ab.py``, 0.6b float32, 2 threads, 6 rounds each; noisy) against no
+# contraction: one stream 316.0 against 327.0 ms (1.071), 4 streams 370.6 against 389.5 ms (1.037); gcc's own
+# choice gave 4 streams 377.8 against 412.6 ms. Other compilers keep contraction only with 512-bit vectors
+# (``AVX512``), where the rows were measured to agree; elsewhere they get none. ``cpu_fma_options`` resolves this
+# when a region is compiled.
 CPU_FMA_OPTIONS: dict[str, object] = {"cpp.enable_floating_point_contract_flag": "fast"}
+GCC_FMA_PARAM = "--param=avoid-fma-max-bits=0"
+
+
+@functools.cache
+def _compiles_with_gcc() -> bool:
+    """Whether inductor's CPU code is compiled by gcc here (Linux; looked up once: it searches for the compiler)."""
+    try:
+        from torch._inductor import cpp_builder
+
+        return sys.platform.startswith("linux") and cpp_builder.is_gcc()
+    except Exception:  # no compiler: inductor cannot compile CPU code anyway
+        return False
+
+
+def cpu_fma_options(options: dict[str, object], gcc: bool | None = None, capability: str | None = None
+                    ) -> dict[str, object]:
+    """``options`` with their contraction made safe for this CPU and compiler: ``"fast"`` contraction with
+    ``GCC_FMA_PARAM`` under gcc, kept as it is with 512-bit vectors under other compilers, dropped otherwise.
+    ``gcc`` / ``capability``: for tests (default: this machine's)."""
+    key = "cpp.enable_floating_point_contract_flag"
+    if options.get(key) != "fast":
+        return dict(options)
+    gcc = _compiles_with_gcc() if gcc is None else gcc
+    capability = torch.backends.cpu.get_cpu_capability() if capability is None else capability
+    if gcc:
+        return {**options, key: f"fast {GCC_FMA_PARAM}"}
+    return dict(options) if capability.startswith("AVX512") else {k: v for k, v in options.items() if k != key}
 # Inductor's run-time checks in the Python code that calls a compiled graph's kernels, off on CPU: the sizes and
 # strides of the graph's inputs and of every external call's output (~1,500 checks in an 8-stream 0.6b step with
 # packed products), input alignment and symbolic sizes' ranges. Dynamo's guards check the inputs before a graph
@@ -334,7 +372,8 @@ def region_products(device_type: str) -> str:
 
 def region_compile_options(device_type: str, batches: torch.dtype | None = None) -> dict[str, object] | None:
     """The inductor options compiled regions take on a device type: ``CUDA_COMPILE_OPTIONS`` on CUDA,
-    ``CPU_COMPILE_OPTIONS`` on CPU, None when empty (inductor's defaults) and elsewhere. ``batches``: the weight
+    ``CPU_COMPILE_OPTIONS`` on CPU (their contraction resolved by ``cpu_fma_options``), None when empty (inductor's
+    defaults) and elsewhere. ``batches``: the weight
     dtype of a model whose batches take the row kernels (``gemv.takes_batches``); on CPU its regions also take
     ``CPU_BATCH_OPTIONS`` and a horizontal fusion size that holds ``gemv.accumulators(batches)`` reductions."""
     options = {"cuda": CUDA_COMPILE_OPTIONS, "cpu": CPU_COMPILE_OPTIONS}.get(device_type)
@@ -342,6 +381,8 @@ def region_compile_options(device_type: str, batches: torch.dtype | None = None)
         fusion = gemv.accumulators(batches)
         wider = {"cpp.max_horizontal_fusion_size": fusion} if fusion > INDUCTOR_HORIZONTAL_FUSION else {}
         options = {**CPU_BATCH_OPTIONS, **wider, **CPU_COMPILE_OPTIONS}
+    if device_type == "cpu" and options:
+        options = cpu_fma_options(options)
     return dict(options) if options else None
 
 

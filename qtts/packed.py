@@ -17,12 +17,14 @@ The packed copy is opaque to ``torch.compile``, so products go through a custom 
 the weight's address; the plain weight stays the layer's parameter and a graph input, so one compiled graph
 still serves every layer of a shape). Costs: a second copy of each packed weight in memory. A weight changed
 in place after packing (its version counter moved) or freed is not used packed: such products fall back to
-``linear``. ``int8`` layers are not packed.
+``linear``. ``int8`` layers are not packed, and bfloat16 layers only where oneDNN has bfloat16 kernels for the CPU
+(AVX-512 BW/VL/DQ or AVX-NE-CONVERT: ``dtypes()``; an AVX2-only CPU such as AMD's Zen 3 keeps them on ``linear``).
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 
 import torch
@@ -75,10 +77,17 @@ def is_packed(layer: nn.Module) -> bool:
     return isinstance(weight, torch.Tensor) and weight.device.type == "cpu" and _entry(weight) is not None
 
 
+def dtypes() -> tuple[torch.dtype, ...]:
+    """The weight dtypes this CPU packs: ``DTYPES``, less bfloat16 where oneDNN has no bfloat16 kernels for it
+    (its reorder refuses without AVX-512 BW/VL/DQ or AVX-NE-CONVERT)."""
+    bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return tuple(d for d in DTYPES if d != torch.bfloat16 or (bf16 is not None and bf16()))
+
+
 def _packable(layer: nn.Module) -> bool:
     w = layer.weight
-    return (type(layer) is nn.Linear and w.device.type == "cpu" and w.dtype in DTYPES and w.numel() >= MIN_WEIGHTS
-            and w.is_contiguous())
+    return (type(layer) is nn.Linear and w.device.type == "cpu" and w.dtype in dtypes()
+            and w.numel() >= MIN_WEIGHTS and w.is_contiguous())
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -123,13 +132,14 @@ def _forget(key: int):
 
 @torch.no_grad()
 def pack_linear_weights_(module: nn.Module, enabled: bool = True) -> int:
-    """Pack (``enabled``) or unpack the weights of every CPU ``nn.Linear`` under ``module`` (bfloat16 or float32,
-    at least ``MIN_WEIGHTS`` elements) and route their products through ``linear`` (``qtts.gemv`` installs the
-    forward: row kernels, when on, keep their few-row products). Returns the number of layers switched. Without
-    oneDNN nothing is packed."""
+    """Pack (``enabled``) or unpack the weights of every CPU ``nn.Linear`` under ``module`` (float32, or bfloat16
+    where the CPU has oneDNN's bfloat16 kernels: ``dtypes()``, with a warning where it has not; at least
+    ``MIN_WEIGHTS`` elements) and route their products through ``linear`` (``qtts.gemv`` installs the forward: row
+    kernels, when on, keep their few-row products). Returns the number of layers switched. Without oneDNN nothing
+    is packed."""
     from .gemv import sync_forward_
 
-    count = 0
+    count, unsupported = 0, 0
     for layer in module.modules():
         if not isinstance(layer, nn.Linear):
             continue
@@ -143,7 +153,12 @@ def pack_linear_weights_(module: nn.Module, enabled: bool = True) -> int:
             with _LOCK:
                 _PACKED.pop(layer.weight.data_ptr(), None)
             count += 1
+        elif enabled and layer.weight.dtype in DTYPES and layer.weight.dtype not in dtypes():
+            unsupported += 1
         sync_forward_(layer)
+    if unsupported:
+        warnings.warn(f"packed: {unsupported} bfloat16 linear layers keep torch's linear: oneDNN has no bfloat16 "
+                      "kernels for this CPU (they need AVX-512 BW/VL/DQ or AVX-NE-CONVERT)", stacklevel=2)
     return count
 
 

@@ -847,8 +847,8 @@ def test_stream_state_bytes_is_what_a_static_slot_allocates(tiny_checkpoints):
 def test_region_products_and_options_per_device(monkeypatch):
     """Compiled regions on CUDA multiply as ``CUDA_PRODUCTS`` says (by default as row reductions, which an H100
     measured faster than cuBLAS for one row) and take ``CUDA_COMPILE_OPTIONS``; a CPU's products follow
-    ``row_kernels`` alone and its regions take ``CPU_COMPILE_OPTIONS`` (FMA contraction, inductor's host checks
-    off). The row kernel takes one or two CUDA rows, only in compiled code."""
+    ``row_kernels`` alone and its regions take ``CPU_COMPILE_OPTIONS`` (FMA contraction as ``cpu_fma_options``
+    resolves it, inductor's host checks off). The row kernel takes one or two CUDA rows, only in compiled code."""
     from qtts import accel
 
     assert accel.CUDA_PRODUCTS == "rows" and accel.CUDA_COMPILE_OPTIONS == {}
@@ -863,13 +863,34 @@ def test_region_products_and_options_per_device(monkeypatch):
     fma = {"cpp.enable_floating_point_contract_flag": "fast"}
     host = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
     assert (fma, host) == (accel.CPU_FMA_OPTIONS, accel.CPU_HOST_OPTIONS)
-    assert accel.region_compile_options("cuda") is None and accel.region_compile_options("cpu") == {**fma, **host}
+    cpu = accel.cpu_fma_options({**fma, **host})
+    assert accel.region_compile_options("cuda") is None and accel.region_compile_options("cpu") == cpu
     monkeypatch.setattr(accel, "CUDA_COMPILE_OPTIONS", {"max_autotune_gemm": True})
     assert accel.region_compile_options("cuda") == {"max_autotune_gemm": True}
     assert accel.region_compile_options("cuda") is not accel.CUDA_COMPILE_OPTIONS  # a copy for each step
-    assert accel.region_compile_options("cpu") == {**fma, **host} and accel.region_compile_options("mps") is None
+    assert accel.region_compile_options("cpu") == cpu and accel.region_compile_options("mps") is None
     monkeypatch.setattr(accel, "CPU_COMPILE_OPTIONS", {})
     assert accel.region_compile_options("cpu") is None
+
+
+def test_fma_contraction_is_resolved_for_the_compiler_and_cpu():
+    """Contraction in the CPU regions: under gcc with ``avoid-fma-max-bits=0`` (gcc's tuning for AMD's Zen 3 made
+    FMAs in a 2-row loop and none for a lone row, which parted batched rows from single ones), under other compilers
+    only with 512-bit vectors; options without contraction pass unchanged, and each call returns a fresh dict."""
+    from qtts import accel
+
+    key, host = "cpp.enable_floating_point_contract_flag", {"size_asserts": False}
+    fast = {key: "fast", **host}
+    assert accel.cpu_fma_options(fast, gcc=True, capability="AVX2") == {
+        key: "fast --param=avoid-fma-max-bits=0", **host}
+    assert accel.cpu_fma_options(fast, gcc=True, capability="AVX512")[key] == "fast --param=avoid-fma-max-bits=0"
+    assert accel.cpu_fma_options(fast, gcc=False, capability="AVX512") == fast
+    assert accel.cpu_fma_options(fast, gcc=False, capability="AVX512_BF16") == fast
+    assert all(accel.cpu_fma_options(fast, gcc=False, capability=c) == host for c in ("AVX2", "DEFAULT", ""))
+    assert accel.cpu_fma_options(host, gcc=True, capability="AVX2") == host
+    assert accel.cpu_fma_options(fast, gcc=False, capability="AVX512") is not fast and fast[key] == "fast"
+    on_gcc = accel._compiles_with_gcc()
+    assert accel.cpu_fma_options(fast)[key].endswith(accel.GCC_FMA_PARAM) == on_gcc
 
 
 def test_graph_spans(monkeypatch):
@@ -1006,9 +1027,10 @@ def test_compile_regions_applies_the_products_and_options(tiny_checkpoints, monk
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: functions.__setitem__(fn.__name__, kw["options"]) or fn)
     monkeypatch.setattr(accel, "CUDA_COMPILE_OPTIONS", {"max_autotune_gemm": True})
     accel.compile_regions(tts.model.talker, "inductor")
-    assert seen and all(kw == {"backend": "inductor", "options": accel.CPU_COMPILE_OPTIONS, "dynamic": None}
+    cpu = accel.cpu_fma_options(accel.CPU_COMPILE_OPTIONS)  # the contraction made safe for this CPU and compiler
+    assert seen and all(kw == {"backend": "inductor", "options": cpu, "dynamic": None}
                     for kw in seen)
-    assert functions == {"_run_blocks": accel.CPU_COMPILE_OPTIONS, "step": accel.CPU_COMPILE_OPTIONS,
+    assert functions == {"_run_blocks": cpu, "step": cpu,
                          **dict.fromkeys(("sample", "process_code0_logits", "frame_exponentials"),
                                          accel.CPU_HOST_OPTIONS)}
     seen.clear()
@@ -1044,14 +1066,14 @@ def test_compile_regions_applies_the_products_and_options(tiny_checkpoints, monk
         assert functions["sample"] == accel.CPU_HOST_OPTIONS
         return seen[0]["options"]
 
-    f32 = {**accel.CPU_BATCH_OPTIONS, "cpp.max_horizontal_fusion_size": 32, **accel.CPU_COMPILE_OPTIONS}
+    f32 = {**accel.CPU_BATCH_OPTIONS, "cpp.max_horizontal_fusion_size": 32, **cpu}
     assert f32["realize_reads_threshold"] == 1 and f32 == accel.region_compile_options("cpu", torch.float32)
-    assert compiled_with(True) == f32 and compiled_with(False) == accel.CPU_COMPILE_OPTIONS
+    assert compiled_with(True) == f32 and compiled_with(False) == cpu
     quant.quantize_int8_(tts.model, kernel="dequant")
-    int8 = {**accel.CPU_BATCH_OPTIONS, **accel.CPU_COMPILE_OPTIONS}  # 16 accumulators: inductor's fusion size
+    int8 = {**accel.CPU_BATCH_OPTIONS, **cpu}  # 16 accumulators: inductor's fusion size
     assert compiled_with(True) == int8 == accel.region_compile_options("cpu", torch.int8)
     monkeypatch.setattr(gemv, "MAX_ROWS", {torch.int8: 2})  # int8 batches on int8pack (the AMD table)
-    assert compiled_with(True) == accel.CPU_COMPILE_OPTIONS
+    assert compiled_with(True) == cpu
     assert accel.region_compile_options("cuda", torch.int8) == {"max_autotune_gemm": True}
 
 

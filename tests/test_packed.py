@@ -15,6 +15,8 @@ from qtts.checkpoint import random_tts
 from qtts.gemv import use_row_kernels_
 
 pytestmark = pytest.mark.skipif(not packed.available(), reason="torch built without oneDNN")
+needs_bf16 = pytest.mark.skipif(torch.bfloat16 not in packed.dtypes(),
+                                reason="oneDNN has no bfloat16 kernels for this CPU (AVX2 only)")
 
 
 def _layer(out: int, inp: int, dtype: torch.dtype, bias: bool = False) -> nn.Linear:
@@ -26,6 +28,7 @@ def _layer(out: int, inp: int, dtype: torch.dtype, bias: bool = False) -> nn.Lin
     return layer.requires_grad_(False)
 
 
+@needs_bf16
 @pytest.mark.parametrize("bias", [False, True])
 def test_bfloat16_products_equal_torch_linear_bit_for_bit(bias):
     layers = nn.ModuleList([_layer(1536, 512, torch.bfloat16, bias), _layer(512, 1536, torch.bfloat16, bias)])
@@ -59,12 +62,13 @@ def test_float32_products_are_close_and_routed():
         packed.pack_linear_weights_(layer, False)
 
 
-def test_small_int8_and_changed_weights_are_not_used_packed():
+@pytest.mark.parametrize("dtype", packed.dtypes())
+def test_small_int8_and_changed_weights_are_not_used_packed(dtype):
     small = _layer(64, 64, torch.float32)  # below MIN_WEIGHTS: stays in cache, not worth a reorder
-    big = _layer(1024, 512, torch.bfloat16)
+    big = _layer(1024, 512, dtype)
     assert packed.pack_linear_weights_(nn.ModuleList([small, big])) == 1
     assert not packed.is_packed(small) and packed.is_packed(big)
-    x = torch.randn(4, 512).to(torch.bfloat16)
+    x = torch.randn(4, 512).to(dtype)
     with torch.no_grad():
         big.weight.mul_(-2)  # changed in place after packing: the packed copy is stale
     assert not packed.is_packed(big)
@@ -72,8 +76,9 @@ def test_small_int8_and_changed_weights_are_not_used_packed():
     packed.pack_linear_weights_(nn.ModuleList([big]), False)
 
 
-def test_a_freed_weight_leaves_the_registry():
-    layer = _layer(1024, 512, torch.bfloat16)
+@pytest.mark.parametrize("dtype", packed.dtypes())
+def test_a_freed_weight_leaves_the_registry(dtype):
+    layer = _layer(1024, 512, dtype)
     packed.pack_linear_weights_(layer)
     key = layer.weight.data_ptr()
     assert key in packed._PACKED
@@ -118,6 +123,28 @@ def small_packing(monkeypatch):
     monkeypatch.setattr(packed, "MIN_WEIGHTS", 0)
 
 
+def test_bfloat16_stays_on_linear_where_onednn_lacks_its_kernels(monkeypatch, small_packing):
+    """On a CPU without oneDNN's bfloat16 kernels (AVX2 only: the reorder would raise), bfloat16 layers are not
+    packed, a warning says why, float32 layers still are, and a bfloat16 model with ``packed`` synthesizes the
+    codes it gives without it."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    assert packed.dtypes() == (torch.float32,)
+    layers = nn.ModuleList([_layer(1024, 512, torch.bfloat16), _layer(1024, 512, torch.float32)])
+    with pytest.warns(UserWarning, match="bfloat16 linear layers keep torch's linear"):
+        assert packed.pack_linear_weights_(layers) == 1
+    assert not packed.is_packed(layers[0]) and packed.is_packed(layers[1])
+    packed.pack_linear_weights_(layers, False)
+    tts = random_tts("tiny", "custom_voice", "cpu", torch.bfloat16)
+    options = SynthesisOptions(max_new_tokens=8, sampling=Sampling.greedy())
+    expected = tts.synthesize("No bfloat16 kernels here.", Speaker(tts.speakers[0]), seed=1, options=options).codes
+    with pytest.warns(UserWarning):
+        tts.accelerate(packed=True)
+    assert not any(packed.is_packed(m) for m in tts.model.talker.modules() if isinstance(m, nn.Linear))
+    codes = tts.synthesize("No bfloat16 kernels here.", Speaker(tts.speakers[0]), seed=1, options=options).codes
+    assert torch.equal(codes, expected)
+
+
+@needs_bf16
 @pytest.mark.parametrize("accel", [{}, dict(fused=True), dict(compile=True, compile_backend="aot_eager")])
 def test_packed_bfloat16_model_gives_the_same_codes(small_packing, accel):
     """A bfloat16 model with packed weights gives exactly the codes of the same acceleration without packing
