@@ -15,7 +15,7 @@ A configuration is ``dtype:accel`` (as in ``frame_rounds.py``: dtype float32, bf
 ``--accel`` value with ``+`` for sets), optionally followed by
 - ``@streams=N``: the row kernels' weight streams per loop (``qtts.gemv.STREAMS``) for its weight dtype;
 - ``@routing=intel|other``: which products take the row kernels (``qtts.gemv.MAX_ROWS``, ``MAX_WIDTH``,
-  ``MAX_IN``) as on an Intel CPU or on any other (``qtts.gemv.default_routing``);
+  ``MAX_IN``) as on an Intel CPU or on any other, both with AVX-512 (``qtts.gemv.default_routing``);
 - ``@max-rows=N`` / ``@max-width=N``: products of up to N activation rows / N activation elements of its weight
   dtype take the row kernels (``qtts.gemv.MAX_ROWS`` / ``MAX_WIDTH``; after any ``@routing``);
 - ``@accumulators=N``: the row kernels' most accumulators (rows x weight streams) per loop for its weight dtype

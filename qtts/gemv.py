@@ -236,13 +236,25 @@ MAX_ROWS_OTHER = 2
 EAGER_MAX_ROWS = {torch.float32: 4, torch.bfloat16: MAX_ROWS_OTHER, torch.int8: 8}
 
 
-def default_routing(vendor: str) -> tuple[dict[torch.dtype, int], dict[torch.dtype, int], dict[torch.dtype, int]]:
-    """``(MAX_ROWS, MAX_WIDTH, MAX_IN)`` for a CPU of ``vendor`` (unknown: the "" entries); fresh dicts."""
-    return tuple(dict(table.get(vendor, table[""]))  # type: ignore[return-value]
-                 for table in (MAX_ROWS_BY_VENDOR, MAX_WIDTH_BY_VENDOR, MAX_IN_BY_VENDOR))
+# Weight dtypes whose products keep torch's kernels where inductor's vectors are narrower than 512 bits (ATen's
+# capability not ``AVX512...``): on the AMD EPYC Zen 3 VM of session 22 (AVX2) the int8 kernel read 1.2-1.8 GB/s
+# where ``torch._weight_int8pack_mm`` read 8-13 (``bench/int8_products.py``, 0.6b gate/up and down, 1 and 2 rows),
+# and a one-stream int8 frame took 918 ms (``bench/suite.py``).
+NARROW_VECTORS_SKIP = (torch.int8,)
 
 
-MAX_ROWS, MAX_WIDTH, MAX_IN = default_routing(cpu_vendor())
+def default_routing(vendor: str, capability: str = "AVX512"
+                    ) -> tuple[dict[torch.dtype, int], dict[torch.dtype, int], dict[torch.dtype, int]]:
+    """``(MAX_ROWS, MAX_WIDTH, MAX_IN)`` for a CPU of ``vendor`` (unknown: the "" entries) and ATen vector
+    ``capability`` (without AVX-512, ``NARROW_VECTORS_SKIP`` take no rows); fresh dicts."""
+    rows, width, longest = (dict(table.get(vendor, table[""]))
+                            for table in (MAX_ROWS_BY_VENDOR, MAX_WIDTH_BY_VENDOR, MAX_IN_BY_VENDOR))
+    if not capability.startswith("AVX512"):
+        rows.update(dict.fromkeys(NARROW_VECTORS_SKIP, 0))
+    return rows, width, longest
+
+
+MAX_ROWS, MAX_WIDTH, MAX_IN = default_routing(cpu_vendor(), torch.backends.cpu.get_cpu_capability())
 
 
 # On CUDA the kernel is only traced into compiled regions, where inductor writes each product as one Triton

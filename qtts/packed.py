@@ -158,7 +158,7 @@ def pack_linear_weights_(module: nn.Module, enabled: bool = True) -> int:
         sync_forward_(layer)
     if unsupported:
         warnings.warn(f"packed: {unsupported} bfloat16 linear layers keep torch's linear: oneDNN has no bfloat16 "
-                      "kernels for this CPU (they need AVX-512 BW/VL/DQ or AVX-NE-CONVERT)", stacklevel=2)
+                      "kernels for this CPU (they need AVX-512 BW/VL/DQ or AVX-NE-CONVERT)", stacklevel=3)
     return count
 
 

@@ -48,8 +48,16 @@ def test_row_product_matches_linear_and_rows_do_not_depend_on_each_other(dtype):
     assert not gemv.uses_row_kernels(layer) and torch.equal(layer(x1), expected1)
 
 
+@pytest.fixture
+def avx512_routing(monkeypatch):
+    """The routing of a CPU with AVX-512 (the AMD table: 2 int8 rows through the kernel), whatever CPU runs the
+    test: without AVX-512 int8 products take no rows (``gemv.NARROW_VECTORS_SKIP``)."""
+    for name, table in zip(("MAX_ROWS", "MAX_WIDTH", "MAX_IN"), gemv.default_routing(""), strict=True):
+        monkeypatch.setattr(gemv, name, table)
+
+
 @needs_kernels
-def test_int8_row_product_matches_the_dequantized_product():
+def test_int8_row_product_matches_the_dequantized_product(avx512_routing):
     torch.manual_seed(1)
     layer = Int8Linear.from_linear(nn.Linear(96, 50, bias=True), kernel="dequant")
     x = torch.randn(1, 96)
@@ -233,8 +241,10 @@ def test_routing_follows_the_cpu_vendor(monkeypatch):
     on Intel up to 8 int8 rows of at most 4096 in_features and 8 x 3072 elements, in compiled code 16 rows of 16 x
     3072 elements (session 21: 8 streams' code predictor first step); elsewhere 2 rows of 4096 elements; in
     compiled code float32 and bfloat16 8 rows of 8 x 3072 elements on Intel (session 20), float32 4 rows of any
-    width elsewhere. Each call returns fresh dicts."""
-    assert gemv.default_routing(gemv.cpu_vendor()) == (gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN)
+    width elsewhere; without AVX-512 (session 22's Zen 3: the int8 kernel read 1.2 GB/s against int8pack's 8-13)
+    no int8 rows. Each call returns fresh dicts."""
+    assert gemv.default_routing(gemv.cpu_vendor(), torch.backends.cpu.get_cpu_capability()) == (
+        gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN)
 
     def routed(routing, rows, width, dtype=torch.int8, compiling=False):
         for name, table in zip(("MAX_ROWS", "MAX_WIDTH", "MAX_IN"), routing, strict=True):
@@ -264,6 +274,15 @@ def test_routing_follows_the_cpu_vendor(monkeypatch):
     assert gemv.accumulators(torch.int8) == gemv.accumulators(torch.float16) == 16
     intel[0][torch.int8] = 1
     assert gemv.default_routing("GenuineIntel")[0][torch.int8] == 16
+    for vendor in ("GenuineIntel", "AuthenticAMD"):  # without AVX-512 int8 keeps int8pack; the rest as with it
+        narrow, wide = gemv.default_routing(vendor, "AVX2"), gemv.default_routing(vendor, "AVX512")
+        assert narrow[0][torch.int8] == 0 and wide[0].get(torch.int8, gemv.MAX_ROWS_OTHER) >= 2
+        assert {k: v for k, v in narrow[0].items() if k != torch.int8} == {
+            k: v for k, v in wide[0].items() if k != torch.int8} and narrow[1:] == wide[1:]
+        for name, table in zip(("MAX_ROWS", "MAX_WIDTH", "MAX_IN"), narrow, strict=True):
+            monkeypatch.setattr(gemv, name, table)
+        assert not any(gemv._routed_rows(torch.zeros(r, 1024), torch.zeros(1024, 1024, dtype=torch.int8), c)
+                       for r in (1, 2) for c in (False, True))
 
 
 def test_weight_streams_follow_the_cpu_vendor():
@@ -340,7 +359,7 @@ def test_unbuildable_kernels_warn_once_and_fall_back(monkeypatch):
     assert not gemv.available()
 
 
-def test_wide_int8_and_bfloat16_products_keep_torch_kernels(monkeypatch):
+def test_wide_int8_and_bfloat16_products_keep_torch_kernels(monkeypatch, avx512_routing):
     """Past ``MAX_WIDTH`` activation elements per call the kernel loses to torch's (int8: one 6144-wide row took
     3.8x int8pack's time): those products keep the layer's own forward; a dtype the table does not list (here
     float32) has no such limit."""
@@ -399,7 +418,7 @@ def test_cli_and_server_take_accel(tiny_checkpoints):
 
 
 @needs_kernels
-def test_int8pack_layer_keeps_its_compiled_region_whole_for_one_row(monkeypatch):
+def test_int8pack_layer_keeps_its_compiled_region_whole_for_one_row(monkeypatch, avx512_routing):
     """The int8pack kernel's alignment check cannot be traced. Several rows (prefill, batches) call it as a custom
     operator, one opaque node of the region's graph; before, the failed trace made dynamo give up on the region
     for good, so the single stream's frames (one row, the row kernel) ran uncompiled as well."""
