@@ -233,6 +233,8 @@ def cpu_fma_options(options: dict[str, object], gcc: bool | None = None, capabil
     if gcc:
         return {**options, key: f"fast {GCC_FMA_PARAM}"}
     return dict(options) if capability.startswith("AVX512") else {k: v for k, v in options.items() if k != key}
+
+
 # Inductor's run-time checks in the Python code that calls a compiled graph's kernels, off on CPU: the sizes and
 # strides of the graph's inputs and of every external call's output (~1,500 checks in an 8-stream 0.6b step with
 # packed products), input alignment and symbolic sizes' ranges. Dynamo's guards check the inputs before a graph
@@ -373,9 +375,9 @@ def region_products(device_type: str) -> str:
 def region_compile_options(device_type: str, batches: torch.dtype | None = None) -> dict[str, object] | None:
     """The inductor options compiled regions take on a device type: ``CUDA_COMPILE_OPTIONS`` on CUDA,
     ``CPU_COMPILE_OPTIONS`` on CPU (their contraction resolved by ``cpu_fma_options``), None when empty (inductor's
-    defaults) and elsewhere. ``batches``: the weight
-    dtype of a model whose batches take the row kernels (``gemv.takes_batches``); on CPU its regions also take
-    ``CPU_BATCH_OPTIONS`` and a horizontal fusion size that holds ``gemv.accumulators(batches)`` reductions."""
+    defaults) and elsewhere. ``batches``: the weight dtype of a model whose batches take the row kernels
+    (``gemv.takes_batches``); on CPU its regions also take ``CPU_BATCH_OPTIONS`` and a horizontal fusion size that
+    holds ``gemv.accumulators(batches)`` reductions."""
     options = {"cuda": CUDA_COMPILE_OPTIONS, "cpu": CPU_COMPILE_OPTIONS}.get(device_type)
     if device_type == "cpu" and batches is not None:
         fusion = gemv.accumulators(batches)
