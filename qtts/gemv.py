@@ -236,21 +236,25 @@ MAX_ROWS_OTHER = 2
 EAGER_MAX_ROWS = {torch.float32: 4, torch.bfloat16: MAX_ROWS_OTHER, torch.int8: 8}
 
 
-# Weight dtypes whose products keep torch's kernels where inductor's vectors are narrower than 512 bits (ATen's
-# capability not ``AVX512...``): on the AMD EPYC Zen 3 VM of session 22 (AVX2) the int8 kernel read 1.2-1.8 GB/s
-# where ``torch._weight_int8pack_mm`` read 8-13 (``bench/int8_products.py``, 0.6b gate/up and down, 1 and 2 rows),
-# and a one-stream int8 frame took 918 ms (``bench/suite.py``).
-NARROW_VECTORS_SKIP = (torch.int8,)
+# Most rows by weight dtype where inductor's vectors are narrower than 512 bits (ATen's capability not
+# ``AVX512...``), over the vendor's table. On the AMD EPYC Zen 3 VM of session 22 (AVX2; ``bench/frame_ab.py``, 0.6b,
+# 2 threads, ``compile,row-kernels,packed,fused``):
+# - int8 none: the int8 kernel read 1.2-1.8 GB/s where ``torch._weight_int8pack_mm`` read 8-13
+#   (``bench/int8_products.py``, 0.6b gate/up and down, 1 and 2 rows); one int8 stream 917.8 -> 219.2 ms per frame;
+# - bfloat16 8 in compiled code: without AVX-512 oneDNN has no bfloat16 kernels, so torch's bfloat16 ``linear`` (and
+#   ``packed``, which cannot pack them) ran 4 streams no faster than one; through the kernel a 4-stream step took
+#   804.9 -> 453.8 ms (0.549, every round 0.55-0.61), 8 streams 1565.6 -> 1079.4 ms (0.716, 3 rounds 0.67-0.73).
+NARROW_VECTORS_ROWS = {torch.int8: 0, torch.bfloat16: 8}
 
 
 def default_routing(vendor: str, capability: str = "AVX512"
                     ) -> tuple[dict[torch.dtype, int], dict[torch.dtype, int], dict[torch.dtype, int]]:
     """``(MAX_ROWS, MAX_WIDTH, MAX_IN)`` for a CPU of ``vendor`` (unknown: the "" entries) and ATen vector
-    ``capability`` (without AVX-512, ``NARROW_VECTORS_SKIP`` take no rows); fresh dicts."""
+    ``capability`` (without AVX-512 ``NARROW_VECTORS_ROWS`` override the rows); fresh dicts."""
     rows, width, longest = (dict(table.get(vendor, table[""]))
                             for table in (MAX_ROWS_BY_VENDOR, MAX_WIDTH_BY_VENDOR, MAX_IN_BY_VENDOR))
     if not capability.startswith("AVX512"):
-        rows.update(dict.fromkeys(NARROW_VECTORS_SKIP, 0))
+        rows.update(NARROW_VECTORS_ROWS)
     return rows, width, longest
 
 

@@ -51,7 +51,7 @@ def test_row_product_matches_linear_and_rows_do_not_depend_on_each_other(dtype):
 @pytest.fixture
 def avx512_routing(monkeypatch):
     """The routing of a CPU with AVX-512 (the AMD table: 2 int8 rows through the kernel), whatever CPU runs the
-    test: without AVX-512 int8 products take no rows (``gemv.NARROW_VECTORS_SKIP``)."""
+    test: without AVX-512 int8 products take no rows (``gemv.NARROW_VECTORS_ROWS``)."""
     for name, table in zip(("MAX_ROWS", "MAX_WIDTH", "MAX_IN"), gemv.default_routing(""), strict=True):
         monkeypatch.setattr(gemv, name, table)
 
@@ -241,8 +241,9 @@ def test_routing_follows_the_cpu_vendor(monkeypatch):
     on Intel up to 8 int8 rows of at most 4096 in_features and 8 x 3072 elements, in compiled code 16 rows of 16 x
     3072 elements (session 21: 8 streams' code predictor first step); elsewhere 2 rows of 4096 elements; in
     compiled code float32 and bfloat16 8 rows of 8 x 3072 elements on Intel (session 20), float32 4 rows of any
-    width elsewhere; without AVX-512 (session 22's Zen 3: the int8 kernel read 1.2 GB/s against int8pack's 8-13)
-    no int8 rows. Each call returns fresh dicts."""
+    width elsewhere; without AVX-512 (session 22's Zen 3: the int8 kernel read 1.2 GB/s against int8pack's 8-13;
+    torch's bfloat16 linear had no oneDNN kernels) no int8 rows and 8 bfloat16 rows in compiled code. Each call
+    returns fresh dicts."""
     assert gemv.default_routing(gemv.cpu_vendor(), torch.backends.cpu.get_cpu_capability()) == (
         gemv.MAX_ROWS, gemv.MAX_WIDTH, gemv.MAX_IN)
 
@@ -274,11 +275,11 @@ def test_routing_follows_the_cpu_vendor(monkeypatch):
     assert gemv.accumulators(torch.int8) == gemv.accumulators(torch.float16) == 16
     intel[0][torch.int8] = 1
     assert gemv.default_routing("GenuineIntel")[0][torch.int8] == 16
-    for vendor in ("GenuineIntel", "AuthenticAMD"):  # without AVX-512 int8 keeps int8pack; the rest as with it
-        narrow, wide = gemv.default_routing(vendor, "AVX2"), gemv.default_routing(vendor, "AVX512")
+    for vendor in ("GenuineIntel", "AuthenticAMD"):  # without AVX-512: int8 on int8pack, bfloat16 batches on the
+        narrow, wide = gemv.default_routing(vendor, "AVX2"), gemv.default_routing(vendor, "AVX512")  # kernel
         assert narrow[0][torch.int8] == 0 and wide[0].get(torch.int8, gemv.MAX_ROWS_OTHER) >= 2
-        assert {k: v for k, v in narrow[0].items() if k != torch.int8} == {
-            k: v for k, v in wide[0].items() if k != torch.int8} and narrow[1:] == wide[1:]
+        assert narrow[0][torch.bfloat16] == 8
+        assert narrow[0][torch.float32] == wide[0][torch.float32] and narrow[1:] == wide[1:]
         for name, table in zip(("MAX_ROWS", "MAX_WIDTH", "MAX_IN"), narrow, strict=True):
             monkeypatch.setattr(gemv, name, table)
         assert not any(gemv._routed_rows(torch.zeros(r, 1024), torch.zeros(1024, 1024, dtype=torch.int8), c)
