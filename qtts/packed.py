@@ -85,9 +85,10 @@ def dtypes() -> tuple[torch.dtype, ...]:
 
 
 def _packable(layer: nn.Module) -> bool:
+    """Whether ``layer`` is worth packing where oneDNN has kernels for its weight's dtype (``DTYPES``)."""
     w = layer.weight
-    return (type(layer) is nn.Linear and w.device.type == "cpu" and w.dtype in dtypes()
-            and w.numel() >= MIN_WEIGHTS and w.is_contiguous())
+    return (type(layer) is nn.Linear and w.device.type == "cpu" and w.dtype in DTYPES and w.numel() >= MIN_WEIGHTS
+            and w.is_contiguous())
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -139,11 +140,14 @@ def pack_linear_weights_(module: nn.Module, enabled: bool = True) -> int:
     is packed."""
     from .gemv import sync_forward_
 
-    count, unsupported = 0, 0
+    count, unsupported, supported = 0, 0, dtypes()
     for layer in module.modules():
         if not isinstance(layer, nn.Linear):
             continue
-        if enabled and _packable(layer) and available() and not is_packed(layer):
+        packable = enabled and _packable(layer) and available()
+        if packable and layer.weight.dtype not in supported:
+            unsupported += 1
+        elif packable and not is_packed(layer):
             weight = layer.weight
             packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS)
             with _LOCK:
@@ -153,8 +157,6 @@ def pack_linear_weights_(module: nn.Module, enabled: bool = True) -> int:
             with _LOCK:
                 _PACKED.pop(layer.weight.data_ptr(), None)
             count += 1
-        elif enabled and layer.weight.dtype in DTYPES and layer.weight.dtype not in dtypes():
-            unsupported += 1
         sync_forward_(layer)
     if unsupported:
         warnings.warn(f"packed: {unsupported} bfloat16 linear layers keep torch's linear: oneDNN has no bfloat16 "
